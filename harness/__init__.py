@@ -1,0 +1,1 @@
+"""Numerics validation and perplexity harness for LLMs compiled with IREE."""

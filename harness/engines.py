@@ -1,0 +1,32 @@
+"""Engines: one interface for eager and compiled execution. Give an engine token ids, get fp32 logits."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Protocol
+
+import torch
+
+from harness.model.precision import emulate
+
+
+class Engine(Protocol):
+    name: str
+
+    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[batch, seq] int64 token ids -> [batch, seq, vocab] logits, float32 (float64 for an fp64
+        oracle)."""
+
+
+class EagerEngine:
+    """Eager PyTorch. `emulated` set to a dtype runs the (fp32) model under `emulate(dtype)`."""
+
+    def __init__(self, model: torch.nn.Module, name: str = "eager", emulated: torch.dtype | None = None):
+        self.model, self.name, self.emulated = model.eval(), name, emulated
+
+    @torch.no_grad()
+    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        ctx = emulate(self.emulated) if self.emulated is not None else contextlib.nullcontext()
+        with ctx:
+            out = self.model(tokens)
+        return out if out.dtype == torch.float64 else out.float()
