@@ -30,3 +30,14 @@ class EagerEngine:
         with ctx:
             out = self.model(tokens)
         return out if out.dtype == torch.float64 else out.float()
+
+
+class IreeEngine:
+    """A compiled module's entry point that maps tokens to logits."""
+
+    def __init__(self, module, function: str = "forward", name: str = "iree"):
+        self.module, self.function, self.name = module, function, name
+
+    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        (out,) = self.module(self.function, tokens.numpy())
+        return torch.from_numpy(out)

@@ -36,8 +36,9 @@ def rope_inv_freq(config: LlamaConfig, dtype: torch.dtype) -> torch.Tensor:
     smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
         s.high_freq_factor - s.low_freq_factor)
     smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
-    is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
-    return torch.where(is_medium, smoothed, scaled)
+    # Nested where rather than `&` of two masks: IREE cannot legalize aten.__and__ on i1 tensors.
+    is_high_or_low = torch.where(wavelen < high_freq_wavelen, True, wavelen > low_freq_wavelen)
+    return torch.where(is_high_or_low, scaled, smoothed)
 
 
 @full_precision
@@ -45,7 +46,7 @@ def rope_tables(config: LlamaConfig, seq_len: int, dtype: torch.dtype) -> tuple[
     """cos and sin tables, computed in fp32 (fp64 for an fp64 model) whatever the model's dtype."""
     dtype = torch.float64 if dtype == torch.float64 else torch.float32
     positions = torch.arange(seq_len, dtype=dtype)
-    freqs = torch.outer(positions, rope_inv_freq(config, dtype))
+    freqs = positions[:, None] * rope_inv_freq(config, dtype)[None, :]  # not torch.outer: IREE lacks it
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos(), emb.sin()
 

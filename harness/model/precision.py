@@ -13,15 +13,25 @@ tests/test_precision.py shows that the emulation tracks real torch fp16/bf16 eag
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
-_rounding_dtype: contextvars.ContextVar[torch.dtype | None] = contextvars.ContextVar(
-    "_rounding_dtype", default=None)
+# A plain module global rather than a ContextVar: torch.export (dynamo) must be able to trace through
+# `full_precision`, and it cannot trace ContextVar methods. Emulation is single-threaded anyway.
+_rounding_dtype: torch.dtype | None = None
+
+
+@contextlib.contextmanager
+def _rounding(dtype: torch.dtype | None):
+    global _rounding_dtype
+    previous, _rounding_dtype = _rounding_dtype, dtype
+    try:
+        yield
+    finally:
+        _rounding_dtype = previous
 
 
 def _round(value, dtype: torch.dtype):
@@ -33,19 +43,15 @@ def _round(value, dtype: torch.dtype):
 class _RoundOpOutputs(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        dtype = _rounding_dtype.get()
+        dtype = _rounding_dtype
         return out if dtype is None else tree_map(lambda v: _round(v, dtype), out)
 
 
 @contextlib.contextmanager
 def emulate(dtype: torch.dtype):
     """Round every fp32 op output inside the block to `dtype`."""
-    token = _rounding_dtype.set(dtype)
-    try:
-        with _RoundOpOutputs():
-            yield
-    finally:
-        _rounding_dtype.reset(token)
+    with _rounding(dtype), _RoundOpOutputs():
+        yield
 
 
 def full_precision(fn):
@@ -54,14 +60,11 @@ def full_precision(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        dtype = _rounding_dtype.get()
+        dtype = _rounding_dtype
         if dtype is None:
             return fn(*args, **kwargs)
-        token = _rounding_dtype.set(None)
-        try:
+        with _rounding(None):
             out = fn(*args, **kwargs)
-        finally:
-            _rounding_dtype.reset(token)
         return tree_map(lambda v: _round(v, dtype), out)
 
     return wrapper

@@ -1,0 +1,74 @@
+"""Load a compiled module with its parameter archive on one or more IREE devices and call it."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+from pathlib import Path
+
+import numpy as np
+import iree.runtime as rt
+
+from harness.errors import HarnessError
+from harness.iree.stages import StageFailure
+
+
+def create_devices(uri: str, count: int) -> list[rt.HalDevice]:
+    """`count` devices for `uri` ("local-task", "hip://0", "cuda", ...). A URI without an index gives
+    the driver's devices in order; on local-task every device is one more CPU device."""
+    try:
+        if count == 1:
+            return [rt.get_device(uri)]
+        driver = rt.get_driver(uri.split("://")[0])
+        infos = driver.query_available_devices()
+        if uri.startswith("local"):
+            return [driver.create_default_device() for _ in range(count)]
+        if len(infos) < count:
+            raise HarnessError(f"--iree-device {uri!r}: {count} devices needed, {len(infos)} available")
+        return [driver.create_device(info) for info in infos[:count]]
+    except HarnessError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the runtime raises bare RuntimeError/ValueError
+        raise HarnessError(f"--iree-device {uri!r}: cannot create device: {e}".splitlines()[0]) from e
+
+
+class CompiledModule:
+    def __init__(self, vmfb: Path, irpa: Path, device_uri: str, n_devices: int = 1):
+        self.vmfb, self.irpa, self.device_uri = vmfb, irpa, device_uri
+        self.devices = create_devices(device_uri, n_devices)
+        try:
+            instance = rt.VmInstance()
+            index = rt.ParameterIndex()
+            index.load(str(irpa))
+            modules = [
+                rt.create_hal_module(instance, devices=self.devices),
+                rt.create_io_parameters_module(instance, index.create_provider(scope="model")),
+            ]
+            self.vm_module = rt.VmModule.mmap(instance, str(vmfb))
+            self.context = rt.VmContext(instance, modules=[*modules, self.vm_module])
+        except Exception as e:  # noqa: BLE001
+            raise StageFailure("run", f"loading the module failed: {e}", self.reproducer("main", [])) from e
+
+    def __call__(self, function: str, *inputs: np.ndarray, input_dir: Path | None = None) -> list[np.ndarray]:
+        try:
+            invoker = rt.FunctionInvoker(self.context, self.devices[0], self.vm_module.lookup_function(function))
+            out = invoker(*inputs)
+        except Exception as e:  # noqa: BLE001
+            raise StageFailure("run", f"calling {function} failed: {e}",
+                               self.reproducer(function, self._save_inputs(inputs, input_dir))) from e
+        outputs = out if isinstance(out, (tuple, list)) else [out]
+        return [o.to_host() if hasattr(o, "to_host") else np.asarray(o) for o in outputs]
+
+    def _save_inputs(self, inputs, input_dir: Path | None) -> list[Path]:
+        directory = input_dir or self.vmfb.parent
+        paths = [directory / f"input{i}.npy" for i in range(len(inputs))]
+        for path, array in zip(paths, inputs):
+            np.save(path, array)
+        return paths
+
+    def reproducer(self, function: str, input_files: list[Path]) -> str:
+        devices = [f"--device={self.device_uri}"] * len(self.devices)
+        return shlex.join([
+            shutil.which("iree-run-module") or "iree-run-module", f"--module={self.vmfb}",
+            f"--parameters=model={self.irpa}", *devices, f"--function={function}",
+            *[f"--input=@{p}" for p in input_files]])

@@ -1,0 +1,57 @@
+"""Compile targets: the iree-compile flags for each HAL target device, in one table.
+
+CPU flags were checked on the project machines; GPU flags follow the 3.9 compiler's spelling
+(`--iree-rocm-target`, not the older `--iree-hip-target`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from harness.errors import HarnessError
+
+TARGET_FLAGS: dict[str, list[str]] = {
+    # Data tiling is a numerics flag on CPU, not just a speed one: without it the 3.9 llvm-cpu backend
+    # rounds f16/bf16 matmul accumulators to the storage type at every step (27x / 7x the error of
+    # fp32 accumulation on a K=1536 product); with it, results equal fp32-accumulate-then-round.
+    "local": ["--iree-hal-local-target-device-backends=llvm-cpu", "--iree-llvmcpu-target-cpu={cpu}",
+              "--iree-opt-data-tiling"],
+    "hip": ["--iree-rocm-target={rocm_target}"],
+    "cuda": ["--iree-cuda-target={cuda_target}"],
+}
+# The runtime driver each target device's modules run on (for checking --iree-device against it).
+TARGET_DRIVERS = {"local": ("local-task", "local-sync"), "hip": ("hip",), "cuda": ("cuda",)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    hal_target_device: str = "local"
+    cpu: str = "host"
+    rocm_target: str = "gfx942"
+    cuda_target: str = "sm_90"
+    device_uri: str = "local-task"
+    extra_flags: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.hal_target_device not in TARGET_FLAGS:
+            raise HarnessError(f"--iree-hal-target-device: unknown target {self.hal_target_device!r}; "
+                               f"known: {', '.join(TARGET_FLAGS)}")
+        driver = self.device_uri.split("://")[0]
+        if driver not in TARGET_DRIVERS[self.hal_target_device]:
+            raise HarnessError(
+                f"--iree-device {self.device_uri!r} cannot run modules compiled for "
+                f"--iree-hal-target-device={self.hal_target_device} (expected a "
+                f"{' or '.join(TARGET_DRIVERS[self.hal_target_device])} device)")
+
+    def compile_flags(self, n_devices: int = 1) -> list[str]:
+        if n_devices == 1:
+            devices = [f"--iree-hal-target-device={self.hal_target_device}"]
+        else:
+            devices = [f"--iree-hal-target-device={self.hal_target_device}[{i}]" for i in range(n_devices)]
+        fields = dataclasses.asdict(self)
+        return devices + [f.format(**fields) for f in TARGET_FLAGS[self.hal_target_device]] + list(self.extra_flags)
+
+    @property
+    def name(self) -> str:
+        arch = {"local": self.cpu, "hip": self.rocm_target, "cuda": self.cuda_target}[self.hal_target_device]
+        return f"{self.hal_target_device}-{arch}"

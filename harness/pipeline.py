@@ -1,0 +1,148 @@
+"""One configuration (model x dtype x TP x target) from weights to verdict, stage by stage.
+
+Stages are export -> compile -> run -> numerics. Each is timed and its outcome kept; a failure keeps
+its one-line message and a reproducer, and the caller goes on with the other configurations.
+Everything expensive (weights, exports, compiled modules, references) is built once per
+configuration and shared by the suites that use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shlex
+import time
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+from harness import records
+from harness.cache import PROJECT_ROOT, digest
+from harness.dtypes import torch_dtype
+from harness.engines import EagerEngine, IreeEngine
+from harness.iree.compiler import compile_module
+from harness.iree.export import Entry, export_program
+from harness.iree.runtime import CompiledModule
+from harness.iree.stages import StageFailure
+from harness.iree.targets import Target
+from harness.models import ModelSpec, resolve
+from harness import variants
+
+# Sources whose text decides what an export contains: a change to any of them invalidates the cache.
+EXPORT_SOURCES = ("harness/model/llama.py", "harness/model/config.py", "harness/model/precision.py",
+                  "harness/variants.py", "harness/iree/export.py", "harness/pipeline.py")
+SAMPLE_TEXT = PROJECT_ROOT / "harness/data/wikitext2/wiki.test.raw"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    model: str
+    dtype: str
+    tp: int = 1
+    seq_len: int = 128
+    target: Target = Target()
+    eager_mode: str = "emulated"
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}-{self.dtype}-tp{self.tp}"
+
+    def command(self) -> str:
+        """The command line that reruns this configuration on its own."""
+        t = self.target
+        return shlex.join(["python", "-m", "harness", "run", "--model", self.model, "--dtype", self.dtype,
+                           "--tp", str(self.tp), "--seq-len", str(self.seq_len),
+                           "--iree-hal-target-device", t.hal_target_device, "--iree-device", t.device_uri])
+
+
+@dataclasses.dataclass
+class StageResult:
+    status: str  # passed | failed | skipped
+    seconds: float = 0.0
+    cached: bool = False
+    error: str = ""
+    reproducer: str = ""
+
+
+class Pipeline:
+    def __init__(self, config: RunConfig):
+        self.config = config
+        self.dtype = torch_dtype(config.dtype)
+        self.spec: ModelSpec = resolve(config.model)
+        self.stages: dict[str, StageResult] = {}
+        self._modules: dict[str, CompiledModule] = {}
+
+    @cached_property
+    def weights(self):
+        return self.spec.load_weights()
+
+    @cached_property
+    def tokens(self) -> torch.Tensor:
+        """[1, seq_len] input ids: real WikiText for real models, seeded random ids for toys."""
+        n, vocab = self.config.seq_len, self.weights.config.vocab_size
+        if self.spec.real_text:
+            from harness.tokenizer import Tokenizer
+            tokenizer = Tokenizer.from_source(self.spec.tokenizer_source())
+            ids = tokenizer.encode(SAMPLE_TEXT.read_text(encoding="utf-8")[: 8 * n])[:n]
+            return torch.tensor([ids], dtype=torch.int64)
+        return torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(0))
+
+    @cached_property
+    def eager(self) -> EagerEngine:
+        return variants.eager_reference(self.weights, self.dtype, self.config.eager_mode)
+
+    @cached_property
+    def oracle(self) -> EagerEngine:
+        return variants.oracle(self.weights, self.dtype)
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        """Time a stage and record its outcome; a StageFailure is recorded and re-raised."""
+        start = time.perf_counter()
+        result = self.stages[name] = StageResult("passed")
+        try:
+            yield result
+        except StageFailure as e:
+            result.status, result.error, result.reproducer = "failed", str(e), e.reproducer
+            raise
+        finally:
+            result.seconds = result.seconds or time.perf_counter() - start
+
+    def compiled(self, program: str = "forward") -> CompiledModule:
+        """The compiled module of `program`, exported and compiled on first use (or from the cache)."""
+        if program not in self._modules:
+            model = variants.build_model(self.weights, self.dtype)
+            entries = self._entries(program, model)
+            key = digest(*(PROJECT_ROOT.joinpath(s).read_bytes() for s in EXPORT_SOURCES),
+                         self.weights.sha256, self.config.dtype, str(self.config.tp), program,
+                         *(str(tuple(a.shape)) for e in entries for a in e.args), str(records.versions()))
+            with self.stage("export") as st:
+                exported = export_program(model, entries, key, self.config.command())
+                st.seconds, st.cached = exported.seconds, exported.cached
+            flags = self.config.target.compile_flags(self.config.tp)
+            with self.stage("compile") as st:
+                vmfb, st.seconds, st.cached = compile_module(exported.mlir, flags)
+            with self.stage("run"):
+                self._modules[program] = CompiledModule(vmfb, exported.irpa, self.config.target.device_uri,
+                                                        self.config.tp)
+        return self._modules[program]
+
+    def _entries(self, program: str, model) -> list[Entry]:
+        if program == "forward":
+            return [Entry("forward", lambda m, tokens: m(tokens).float(), (self.tokens,))]
+        raise ValueError(f"unknown program {program!r}")
+
+    def iree_engine(self) -> IreeEngine:
+        return IreeEngine(self.compiled("forward"))
+
+    def record(self, kind: str, **fields) -> dict:
+        cfg = self.config
+        return {
+            "kind": kind, "config": cfg.id, "model": cfg.model, "dtype": cfg.dtype, "tp": cfg.tp,
+            "target": cfg.target.name, "device": cfg.target.device_uri, "eager_mode": cfg.eager_mode,
+            "weights": ({"source": self.weights.source, "sha256": self.weights.sha256}
+                        if "weights" in self.__dict__ else None),
+            "stages": {k: dataclasses.asdict(v) for k, v in self.stages.items()},
+            "command": cfg.command(), "versions": records.versions(), "time": time.time(), **fields,
+        }
