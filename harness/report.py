@@ -1,0 +1,69 @@
+"""Views of a run's records: `summary.md`, one row per configuration, in the columns users know from
+model-support tracking pages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tabulate import tabulate
+
+from harness import records
+
+MARK = {"passed": "✅", "failed": "❌", "skipped": "➖"}
+
+
+def _stage_cell(stage: dict | None) -> str:
+    if stage is None:
+        return MARK["skipped"]
+    cell = MARK.get(stage["status"], stage["status"])
+    if stage["status"] == "failed":
+        return f"{cell} {stage['error']}"
+    return f"{cell} {stage['seconds']:.1f}s" + (" (cached)" if stage.get("cached") else "")
+
+
+def _numerics_cell(rec: dict) -> str:
+    verdict, m = rec.get("verdict"), rec.get("metrics", {}).get("compiled_vs_eager")
+    if not verdict or not m:
+        return MARK["skipped"]
+    mark = MARK["passed"] if verdict["passed"] else MARK["failed"]
+    return (f"{mark} max abs {m['max_abs']:.2g}, top-1 {m['top1']:.1%}, KLD {m['kld_mean']:.2g}, "
+            f"{verdict['ratio']:.2f} of budget")
+
+
+def end_to_end_table(recs: list[dict]) -> str:
+    rows = []
+    for rec in recs:
+        if rec["kind"] != "end_to_end":
+            continue
+        stages = rec["stages"]
+        total = sum(s["seconds"] for s in stages.values())
+        rows.append([rec["config"], _stage_cell(stages.get("export")), _stage_cell(stages.get("compile")),
+                     _stage_cell(stages.get("run")), _numerics_cell(rec), f"{total:.1f}s"])
+    rows.sort(key=lambda r: r[0])
+    return tabulate(rows, headers=["Configuration", "Export", "Compile", "Run", "Numerics vs eager", "Time"],
+                    tablefmt="github")
+
+
+def reproducers(recs: list[dict]) -> list[str]:
+    lines = []
+    for rec in recs:
+        for name, stage in rec.get("stages", {}).items():
+            if stage["status"] == "failed":
+                lines.append(f"- `{rec['config']}` {name}: {stage['error']}\n\n  ```\n  "
+                             f"{stage['reproducer'] or rec['command']}\n  ```")
+    return lines
+
+
+def write_summary(run_dir: Path) -> Path:
+    recs = records.read(run_dir / "records.jsonl")
+    versions = recs[0]["versions"] if recs else {}
+    parts = [f"# Harness run `{run_dir.name}`", "",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())), "",
+             "## End to end: IREE-compiled vs eager PyTorch (same dtype), judged against an fp64 oracle", "",
+             end_to_end_table(recs), ""]
+    failures = reproducers(recs)
+    if failures:
+        parts += ["## Failures and reproducers", "", *failures, ""]
+    path = run_dir / "summary.md"
+    path.write_text("\n".join(parts))
+    return path
