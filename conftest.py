@@ -12,38 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from harness import records, report
+from harness import options, records, report
 from harness.errors import HarnessError
-from harness.iree.targets import Target
-from harness.models import DEFAULT_MODELS
-from harness.pipeline import Pipeline, RunConfig
-
-
-def _csv(values: list[str] | None, default: tuple[str, ...]) -> list[str]:
-    return [v for value in (values or default) for v in value.split(",") if v]
+from harness.pipeline import Pipeline
 
 
 def pytest_addoption(parser):
-    g = parser.getgroup("harness", "IREE LLM numerics harness")
-    g.addoption("--model", action="append", help=f"model name, .gguf path, HF dir or hf:<id>; repeatable or "
-                f"comma-separated (default: {','.join(DEFAULT_MODELS)})")
-    g.addoption("--dtype", action="append", help="fp32, fp16, bf16; repeatable (default: all three)")
-    g.addoption("--tp", action="append", help="tensor-parallel sizes; repeatable (default: 1)")
-    g.addoption("--tensor-parallelism-size", dest="tp", action="append", help="alias of --tp (sharktank's name)")
-    g.addoption("--seq-len", type=int, default=128, help="tokens per end-to-end check (default 128)")
-    g.addoption("--iree-device", default="local-task", help="runtime device URI (default local-task; "
-                "e.g. hip://0, cuda)")
-    g.addoption("--iree-hal-target-device", default="local", help="local, hip or cuda (default local)")
-    g.addoption("--iree-rocm-target", "--iree-hip-target", dest="iree_rocm_target", default="gfx942",
-                help="AMD GPU architecture for hip (default gfx942)")
-    g.addoption("--iree-cuda-target", default="sm_90", help="NVIDIA architecture for cuda (default sm_90)")
-    g.addoption("--iree-cpu", default="host", help="--iree-llvmcpu-target-cpu for local (default host)")
-    g.addoption("--iree-compile-flag", action="append", default=[], help="extra iree-compile flag; repeatable")
-    g.addoption("--eager-reference", choices=("emulated", "native"), default="emulated",
-                help="fp16/bf16 eager reference: fp32 emulation rounding at op boundaries (default) or "
-                "real torch low precision (~100x slower on CPUs without fp16/bf16 units)")
-    g.addoption("--report-dir", default="reports", help="where runs write (default reports/)")
-    g.addoption("--run-name", default=None, help="run directory name (default: a timestamp)")
+    options.add_options(parser.getgroup("harness", "IREE LLM numerics harness").addoption)
 
 
 def pytest_configure(config):
@@ -60,28 +35,13 @@ def pytest_configure_node(node):
     node.workerinput["harness_run_dir"] = str(node.config.harness_run_dir)
 
 
-def _target(config) -> Target:
-    return Target(
-        hal_target_device=config.getoption("iree_hal_target_device"), cpu=config.getoption("iree_cpu"),
-        rocm_target=config.getoption("iree_rocm_target"), cuda_target=config.getoption("iree_cuda_target"),
-        device_uri=config.getoption("iree_device"), extra_flags=tuple(config.getoption("iree_compile_flag")))
-
-
 def pytest_generate_tests(metafunc):
     if "run_config" not in metafunc.fixturenames:
         return
-    opt = metafunc.config.getoption
     try:
-        target = _target(metafunc.config)
+        configs = options.run_configs(metafunc.config.getoption)
     except HarnessError as e:
         raise pytest.UsageError(str(e)) from None
-    configs = []
-    for model in _csv(opt("model"), DEFAULT_MODELS):
-        for dtype in _csv(opt("dtype"), ("fp32", "fp16", "bf16")):
-            for tp in _csv(opt("tp"), ("1",)):
-                if not tp.isdigit() or int(tp) < 1:
-                    raise pytest.UsageError(f"--tp: {tp!r} is not a positive integer")
-                configs.append(RunConfig(model, dtype, int(tp), opt("seq_len"), target, opt("eager_reference")))
     metafunc.parametrize("run_config", configs, ids=[c.id for c in configs], scope="session")
 
 

@@ -34,8 +34,11 @@ def create_devices(uri: str, count: int) -> list[rt.HalDevice]:
 
 class CompiledModule:
     def __init__(self, vmfb: Path, irpa: Path, device_uri: str, n_devices: int = 1):
-        self.vmfb, self.irpa, self.device_uri = vmfb, irpa, device_uri
-        self.devices = create_devices(device_uri, n_devices)
+        self.vmfb, self.irpa, self.device_uri, self.n_devices = vmfb, irpa, device_uri, n_devices
+        try:
+            self.devices = create_devices(device_uri, n_devices)
+        except HarnessError as e:
+            raise StageFailure("run", str(e), self.reproducer("forward", [])) from e
         try:
             instance = rt.VmInstance()
             index = rt.ParameterIndex()
@@ -67,7 +70,7 @@ class CompiledModule:
         return paths
 
     def reproducer(self, function: str, input_files: list[Path]) -> str:
-        devices = [f"--device={self.device_uri}"] * len(self.devices)
+        devices = [f"--device={self.device_uri}"] * self.n_devices
         return shlex.join([
             shutil.which("iree-run-module") or "iree-run-module", f"--module={self.vmfb}",
             f"--parameters=model={self.irpa}", *devices, f"--function={function}",

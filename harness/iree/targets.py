@@ -1,7 +1,7 @@
 """Compile targets: the iree-compile flags for each HAL target device, in one table.
 
-CPU flags were checked on the project machines; GPU flags follow the 3.9 compiler's spelling
-(`--iree-rocm-target`, not the older `--iree-hip-target`).
+CPU flags were checked on the project machines. GPU flags follow the pinned 3.9 compiler's spelling
+(`--iree-hip-target`; 3.13 renamed it `--iree-rocm-target`): the table moves with the compiler pin.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ TARGET_FLAGS: dict[str, list[str]] = {
     # fp32 accumulation on a K=1536 product); with it, results equal fp32-accumulate-then-round.
     "local": ["--iree-hal-local-target-device-backends=llvm-cpu", "--iree-llvmcpu-target-cpu={cpu}",
               "--iree-opt-data-tiling"],
-    "hip": ["--iree-rocm-target={rocm_target}"],
+    "hip": ["--iree-hip-target={hip_target}"],
     "cuda": ["--iree-cuda-target={cuda_target}"],
 }
 # The runtime driver each target device's modules run on (for checking --iree-device against it).
@@ -27,7 +27,7 @@ TARGET_DRIVERS = {"local": ("local-task", "local-sync"), "hip": ("hip",), "cuda"
 class Target:
     hal_target_device: str = "local"
     cpu: str = "host"
-    rocm_target: str = "gfx942"
+    hip_target: str = "gfx942"
     cuda_target: str = "sm_90"
     device_uri: str = "local-task"
     extra_flags: tuple[str, ...] = ()
@@ -53,5 +53,5 @@ class Target:
 
     @property
     def name(self) -> str:
-        arch = {"local": self.cpu, "hip": self.rocm_target, "cuda": self.cuda_target}[self.hal_target_device]
+        arch = {"local": self.cpu, "hip": self.hip_target, "cuda": self.cuda_target}[self.hal_target_device]
         return f"{self.hal_target_device}-{arch}"

@@ -1,0 +1,72 @@
+"""Command-line options shared by the pytest suites (conftest.py) and `python -m harness`, defined once.
+
+The names follow sharktank's where users know them (`--iree-device`, `--iree-hal-target-device`,
+`--iree-hip-target`, `--tensor-parallelism-size`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from harness.errors import HarnessError
+from harness.iree.targets import Target
+from harness.models import DEFAULT_MODELS
+from harness.pipeline import RunConfig
+
+DEFAULT_DTYPES = ("fp32", "fp16", "bf16")
+
+MATRIX_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
+    (("--model",), dict(action="append", help="model name, .gguf path, HF dir or hf:<id>; repeatable or "
+                        f"comma-separated (default: {','.join(DEFAULT_MODELS)})")),
+    (("--dtype",), dict(action="append", help=f"repeatable or comma-separated (default: {','.join(DEFAULT_DTYPES)})")),
+    (("--tp", "--tensor-parallelism-size"), dict(dest="tp", action="append",
+                                                 help="tensor-parallel sizes; repeatable (default: 1)")),
+    (("--seq-len",), dict(type=int, default=128, help="tokens per end-to-end check (default 128)")),
+    (("--eager-reference",), dict(choices=("emulated", "native"), default="emulated",
+                                  help="fp16/bf16 eager reference: fp32 emulation rounding at op boundaries "
+                                  "(default) or real torch low precision (~100x slower on CPUs without "
+                                  "fp16/bf16 units)")),
+]
+TARGET_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
+    (("--iree-device",), dict(default="local-task", help="runtime device URI (default local-task; hip://0, cuda)")),
+    (("--iree-hal-target-device",), dict(default="local", help="local, hip or cuda (default local)")),
+    (("--iree-hip-target", "--iree-rocm-target"), dict(dest="iree_hip_target", default="gfx942",
+                                                       help="AMD GPU architecture (default gfx942)")),
+    (("--iree-cuda-target",), dict(default="sm_90", help="NVIDIA GPU architecture (default sm_90)")),
+    (("--iree-cpu",), dict(default="host", help="--iree-llvmcpu-target-cpu for local (default host)")),
+    (("--iree-compile-flag",), dict(action="append", default=[], help="extra iree-compile flag; repeatable")),
+]
+REPORT_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
+    (("--report-dir",), dict(default="reports", help="where runs write (default reports/)")),
+    (("--run-name",), dict(default=None, help="run directory name (default: a timestamp)")),
+]
+ALL_OPTIONS = MATRIX_OPTIONS + TARGET_OPTIONS + REPORT_OPTIONS
+
+
+def add_options(add: Callable, options=ALL_OPTIONS) -> None:
+    """Register options with argparse's `add_argument` or pytest's `addoption`."""
+    for flags, kwargs in options:
+        add(*flags, **kwargs)
+
+
+def _csv(values: list[str] | None, default: tuple[str, ...]) -> list[str]:
+    return [v for value in (values or default) for v in value.split(",") if v]
+
+
+def target(get: Callable[[str], object]) -> Target:
+    return Target(hal_target_device=get("iree_hal_target_device"), cpu=get("iree_cpu"),
+                  hip_target=get("iree_hip_target"), cuda_target=get("iree_cuda_target"),
+                  device_uri=get("iree_device"), extra_flags=tuple(get("iree_compile_flag")))
+
+
+def run_configs(get: Callable[[str], object]) -> list[RunConfig]:
+    """The configuration matrix the options describe; `get(dest)` reads an option."""
+    t = target(get)
+    configs = []
+    for model in _csv(get("model"), DEFAULT_MODELS):
+        for dtype in _csv(get("dtype"), DEFAULT_DTYPES):
+            for tp in _csv(get("tp"), ("1",)):
+                if not tp.isdigit() or int(tp) < 1:
+                    raise HarnessError(f"--tp: {tp!r} is not a positive integer")
+                configs.append(RunConfig(model, dtype, int(tp), get("seq_len"), t, get("eager_reference")))
+    return configs
