@@ -33,9 +33,3 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def publish(tmp: Path, final: Path) -> Path:
-    """Atomically move a finished artifact into place, so parallel workers never see half a file."""
-    os.replace(tmp, final)
-    return final

@@ -21,6 +21,7 @@ from harness import records
 from harness.cache import PROJECT_ROOT, digest
 from harness.dtypes import torch_dtype
 from harness.engines import EagerEngine, IreeEngine
+from harness.faults import Fault
 from harness.iree.compiler import compile_module
 from harness.iree.export import Entry, export_program
 from harness.iree.runtime import CompiledModule
@@ -31,7 +32,7 @@ from harness import variants
 
 # Sources whose text decides what an export contains: a change to any of them invalidates the cache.
 EXPORT_SOURCES = ("harness/model/llama.py", "harness/model/config.py", "harness/model/precision.py",
-                  "harness/variants.py", "harness/iree/export.py", "harness/pipeline.py")
+                  "harness/variants.py", "harness/faults.py", "harness/iree/export.py", "harness/pipeline.py")
 SAMPLE_TEXT = PROJECT_ROOT / "harness/data/wikitext2/wiki.test.raw"
 
 
@@ -66,8 +67,8 @@ class StageResult:
 
 
 class Pipeline:
-    def __init__(self, config: RunConfig):
-        self.config = config
+    def __init__(self, config: RunConfig, fault: Fault | None = None):
+        self.config, self.fault = config, fault
         self.dtype = torch_dtype(config.dtype)
         self.spec: ModelSpec = resolve(config.model)
         self.stages: dict[str, StageResult] = {}
@@ -113,12 +114,18 @@ class Pipeline:
         """The compiled module of `program`, exported and compiled on first use (or from the cache)."""
         if program not in self._modules:
             model = variants.build_model(self.weights, self.dtype)
-            entries = self._entries(program, model)
-            key = digest(*(PROJECT_ROOT.joinpath(s).read_bytes() for s in EXPORT_SOURCES),
-                         self.weights.sha256, self.config.dtype, str(self.config.tp), program,
-                         *(str(tuple(a.shape)) for e in entries for a in e.args), str(records.versions()))
+            if self.fault:
+                self.fault.apply(model)
+            entries = self._entries(program)
+            code = [PROJECT_ROOT.joinpath(s).read_bytes() for s in EXPORT_SOURCES]
+            op_fault = self.fault.id if self.fault and self.fault.kind == "op" else ""
+            weight_fault = self.fault.id if self.fault and self.fault.kind == "weight" else ""
+            program_key = digest(*code, str(self.weights.config.to_dict()), self.config.dtype,
+                                 str(self.config.tp), program, op_fault, str(records.versions()),
+                                 *(str(tuple(a.shape)) for e in entries for a in e.args))
+            params_key = digest(*code, self.weights.sha256, self.config.dtype, str(self.config.tp), weight_fault)
             with self.stage("export") as st:
-                exported = export_program(model, entries, key, self.config.command())
+                exported = export_program(model, entries, program_key, params_key, self.config.command())
                 st.seconds, st.cached = exported.seconds, exported.cached
             flags = self.config.target.compile_flags(self.config.tp)
             with self.stage("compile") as st:
@@ -128,7 +135,7 @@ class Pipeline:
                                                         self.config.tp)
         return self._modules[program]
 
-    def _entries(self, program: str, model) -> list[Entry]:
+    def _entries(self, program: str) -> list[Entry]:
         if program == "forward":
             return [Entry("forward", lambda m, tokens: m(tokens).float(), (self.tokens,))]
         raise ValueError(f"unknown program {program!r}")
@@ -144,5 +151,6 @@ class Pipeline:
             "weights": ({"source": self.weights.source, "sha256": self.weights.sha256}
                         if "weights" in self.__dict__ else None),
             "stages": {k: dataclasses.asdict(v) for k, v in self.stages.items()},
+            "fault": self.fault.id if self.fault else None,
             "command": cfg.command(), "versions": records.versions(), "time": time.time(), **fields,
         }

@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from harness.cache import cache_dir, digest, publish
+from harness.cache import cache_dir, digest
 from harness.iree.stages import StageFailure
 
 
@@ -40,4 +40,5 @@ def compile_module(mlir: Path, flags: list[str]) -> tuple[Path, float, bool]:
         errors = [ln for ln in proc.stderr.splitlines() if "error:" in ln] or proc.stderr.splitlines() or ["?"]
         raise StageFailure("compile", f"iree-compile exited {proc.returncode}: {errors[0]}",
                            shlex.join(compile_command(mlir, vmfb, flags)))
-    return publish(tmp, vmfb), seconds, False
+    tmp.replace(vmfb)  # atomic: parallel workers never see half a file
+    return vmfb, seconds, False

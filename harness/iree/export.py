@@ -2,12 +2,15 @@
 
 Several entry points (e.g. the whole model, or its embedding, each layer and its head) go into one
 program and share one parameter archive, so one compile serves them all.
+
+The program and its parameters are cached apart: the MLIR depends on the code, the shapes and the
+dtype, the archive on the weights. New weights for the same architecture (another checkpoint, or a
+fault planted in one tensor) need a new archive, not a new trace and compile.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -37,31 +40,36 @@ class Exported:
     cached: bool
 
 
-def export_program(module: torch.nn.Module, entries: list[Entry], key: str, reproducer: str) -> Exported:
-    """Export `entries` of `module` (or reuse the export cached under `key`, which must identify the
-    module's code, weights and dtype and the entries' shapes)."""
-    final = cache_dir("exports") / key
-    mlir, irpa = final / "program.mlir", final / "params.irpa"
+def _tmp(path: Path) -> Path:
+    # Same suffix: the archive writer appends ".irpa" to a name without it.
+    return path.with_name(f"{path.stem}.tmp{time.monotonic_ns()}{path.suffix}")
+
+
+def export_program(module: torch.nn.Module, entries: list[Entry], program_key: str, params_key: str,
+                   reproducer: str) -> Exported:
+    """Export `entries` of `module`, reusing the cached program (`program_key`: code, shapes, dtype)
+    and parameter archive (`params_key`: the weights as well)."""
+    mlir = cache_dir("exports") / f"{program_key}.mlir"
+    irpa = cache_dir("params") / f"{params_key}.irpa"
     if mlir.exists() and irpa.exists():
         return Exported(mlir, irpa, 0.0, True)
     start = time.perf_counter()
-    tmp = final.with_name(f"{key}.tmp{time.monotonic_ns()}")
-    tmp.mkdir(parents=True)
     try:
-        aot.externalize_module_parameters(module)
-        builder = aot.FxProgramsBuilder(module)
-        for entry in entries:
-            builder.export_program(entry.fn, name=entry.name, args=entry.args, strict=False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            output = aot.export(builder)
-        output.save_mlir(tmp / "program.mlir")
-        aot.save_module_parameters(tmp / "params.irpa", module)
+        if not mlir.exists():
+            aot.externalize_module_parameters(module)
+            builder = aot.FxProgramsBuilder(module)
+            for entry in entries:
+                builder.export_program(entry.fn, name=entry.name, args=entry.args, strict=False)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                output = aot.export(builder)
+            tmp = _tmp(mlir)
+            output.save_mlir(tmp)
+            tmp.replace(mlir)  # atomic: parallel workers never see half a file
+        if not irpa.exists():
+            tmp = _tmp(irpa)
+            aot.save_module_parameters(tmp, module)
+            tmp.replace(irpa)
     except Exception as e:  # noqa: BLE001 - any exporter error is this stage's failure
-        shutil.rmtree(tmp, ignore_errors=True)
         raise StageFailure("export", f"{type(e).__name__}: {e}", reproducer) from e
-    if final.exists():  # another worker finished the same export first
-        shutil.rmtree(tmp)
-    else:
-        tmp.rename(final)
     return Exported(mlir, irpa, time.perf_counter() - start, False)

@@ -7,7 +7,8 @@ Hugging Face implementation op for op (RMSNorm and RoPE tables in fp32, everythi
 dtype), so that the harness's reference agrees with transformers' to fp32 rounding.
 
 The model is split into `embed`, `layers[i]` and `head` so that each part can be exported, compiled and
-compared on its own; `forward` is just their composition.
+compared on its own; `forward` is just their composition. A decoder layer given a `taps` dict also
+records its sub-blocks' outputs there, in dataflow order (SUB_BLOCKS), for bisection inside a layer.
 """
 
 from __future__ import annotations
@@ -51,6 +52,16 @@ def rope_tables(config: LlamaConfig, seq_len: int, dtype: torch.dtype) -> tuple[
     return emb.cos(), emb.sin()
 
 
+SUB_BLOCKS = ("attn_norm", "q_proj", "k_proj", "v_proj", "rope_q", "rope_k", "attention", "o_proj",
+              "attn_residual", "mlp_norm", "gate_proj", "up_proj", "swiglu", "down_proj", "mlp_residual")
+
+
+def tap(taps: dict | None, name: str, value: torch.Tensor) -> torch.Tensor:
+    if taps is not None:
+        taps[name] = value
+    return value
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
@@ -85,18 +96,20 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.dim, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, taps: dict | None = None):
         bsz, seq_len, _ = x.shape
-        q = self.q_proj(x).view(bsz, seq_len, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(bsz, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(bsz, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = tap(taps, "q_proj", self.q_proj(x)).view(bsz, seq_len, self.n_heads, self.head_dim).transpose(1, 2)
+        k = tap(taps, "k_proj", self.k_proj(x)).view(bsz, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = tap(taps, "v_proj", self.v_proj(x)).view(bsz, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q = tap(taps, "rope_q", apply_rope(q, cos, sin))
+        k = tap(taps, "rope_k", apply_rope(k, cos, sin))
         group = self.n_heads // self.n_kv_heads
         k = k.repeat_interleave(group, dim=1)
         v = v.repeat_interleave(group, dim=1)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.o_proj(out.transpose(1, 2).reshape(bsz, seq_len, -1))
+        out = tap(taps, "attention", out.transpose(1, 2).reshape(bsz, seq_len, -1))
+        return tap(taps, "o_proj", self.o_proj(out))
 
 
 class FeedForward(nn.Module):
@@ -105,9 +118,12 @@ class FeedForward(nn.Module):
         self.gate_proj = nn.Linear(config.dim, config.ffn_dim, bias=False)
         self.up_proj = nn.Linear(config.dim, config.ffn_dim, bias=False)
         self.down_proj = nn.Linear(config.ffn_dim, config.dim, bias=False)
+        self.act = F.silu
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    def forward(self, x: torch.Tensor, taps: dict | None = None) -> torch.Tensor:
+        gate = tap(taps, "gate_proj", self.gate_proj(x))
+        up = tap(taps, "up_proj", self.up_proj(x))
+        return tap(taps, "down_proj", self.down_proj(tap(taps, "swiglu", self.act(gate) * up)))
 
 
 class DecoderLayer(nn.Module):
@@ -118,9 +134,11 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.dim, config.norm_eps)
         self.mlp = FeedForward(config)
 
-    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        h = h + self.self_attn(self.input_layernorm(h), cos, sin)
-        return h + self.mlp(self.post_attention_layernorm(h))
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, taps: dict | None = None):
+        x = tap(taps, "attn_norm", self.input_layernorm(h))
+        h = tap(taps, "attn_residual", h + self.self_attn(x, cos, sin, taps))
+        x = tap(taps, "mlp_norm", self.post_attention_layernorm(h))
+        return tap(taps, "mlp_residual", h + self.mlp(x, taps))
 
 
 class Llama(nn.Module):
