@@ -24,12 +24,19 @@ class EagerEngine:
     def __init__(self, model: torch.nn.Module, name: str = "eager", emulated: torch.dtype | None = None):
         self.model, self.name, self.emulated = model.eval(), name, emulated
 
+    def precision(self):
+        """The context the model runs in: emulated rounding, or nothing for a native dtype."""
+        return emulate(self.emulated) if self.emulated is not None else contextlib.nullcontext()
+
     @torch.no_grad()
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:
-        ctx = emulate(self.emulated) if self.emulated is not None else contextlib.nullcontext()
-        with ctx:
-            out = self.model(tokens)
-        return out if out.dtype == torch.float64 else out.float()
+        with self.precision():
+            return as_result(self.model(tokens))
+
+
+def as_result(t: torch.Tensor) -> torch.Tensor:
+    """An eager result as compared: fp32 (exact for fp16/bf16 values), fp64 kept for the oracle."""
+    return t if t.dtype == torch.float64 else t.float()
 
 
 class IreeEngine:

@@ -15,7 +15,11 @@ from harness.cache import digest
 from harness.errors import HarnessError
 from harness.model import config as shapes
 from harness.model.config import LlamaConfig
+from harness.tokenizer import Tokenizer
 from harness.weights import LoadedWeights
+from harness.weights.gguf import load_gguf
+from harness.weights.hf_dir import load_hf_dir, resolve_hf
+from harness.weights.packaged import shipped_smollm2_gguf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,9 +27,12 @@ class ModelSpec:
     name: str
     config: LlamaConfig | None  # None: read from the weights
     load_weights: Callable[[], LoadedWeights]
-    # Where the tokenizer comes from (a GGUF file or HF dir), or None for toys that take random ids.
-    tokenizer_source: Callable[[], Path] | None = None
-    real_text: bool = False
+    # None for toys, which take random ids instead of text.
+    load_tokenizer: Callable[[], Tokenizer] | None = None
+
+    @property
+    def real_text(self) -> bool:
+        return self.load_tokenizer is not None
 
 
 def random_weights(config: LlamaConfig, seed: int) -> LoadedWeights:
@@ -46,39 +53,23 @@ def random_weights(config: LlamaConfig, seed: int) -> LoadedWeights:
                          source=f"random(seed={seed})", sha256=digest(str(config.to_dict()), str(seed)))
 
 
-def _gguf(path: Callable[[], Path]) -> Callable[[], LoadedWeights]:
-    def load() -> LoadedWeights:
-        from harness.weights.gguf import load_gguf
-        return load_gguf(path())
-    return load
+def _gguf(path: Callable[[], Path]) -> dict:
+    """Weights and tokenizer of a GGUF file."""
+    return {"load_weights": lambda: load_gguf(path()), "load_tokenizer": lambda: Tokenizer.from_gguf(path())}
 
 
-def _hf(id_or_dir: str) -> Callable[[], LoadedWeights]:
-    def load() -> LoadedWeights:
-        from harness.weights.hf_dir import load_hf_dir, resolve_hf
-        return load_hf_dir(resolve_hf(id_or_dir))
-    return load
-
-
-def _shipped_smollm2() -> Path:
-    from harness.weights.packaged import shipped_smollm2_gguf
-    return shipped_smollm2_gguf()
-
-
-def _hf_tokenizer(id_or_dir: str) -> Callable[[], Path]:
-    def source() -> Path:
-        from harness.weights.hf_dir import resolve_hf
-        return resolve_hf(id_or_dir)
-    return source
+def _hf(id_or_dir: str) -> dict:
+    """Weights and tokenizer of a Hugging Face directory or repo id (downloaded when online)."""
+    return {"load_weights": lambda: load_hf_dir(resolve_hf(id_or_dir)),
+            "load_tokenizer": lambda: Tokenizer.from_hf(resolve_hf(id_or_dir))}
 
 
 REGISTRY: dict[str, ModelSpec] = {
     "toy-gqa": ModelSpec("toy-gqa", shapes.TOY_GQA, lambda: random_weights(shapes.TOY_GQA, seed=1)),
     "toy-tp8": ModelSpec("toy-tp8", shapes.TOY_TP8, lambda: random_weights(shapes.TOY_TP8, seed=2)),
-    "smollm2-135m": ModelSpec("smollm2-135m", shapes.SMOLLM2_135M, _gguf(_shipped_smollm2),
-                              _shipped_smollm2, real_text=True),
+    "smollm2-135m": ModelSpec("smollm2-135m", shapes.SMOLLM2_135M, **_gguf(shipped_smollm2_gguf)),
     **{
-        name: ModelSpec(name, shape, _hf(hf_id), _hf_tokenizer(hf_id), real_text=True)
+        name: ModelSpec(name, shape, **_hf(hf_id))
         for name, shape, hf_id in [
             ("llama3.1-8b", shapes.LLAMA31_8B, "meta-llama/Llama-3.1-8B"),
             ("llama3.1-70b", shapes.LLAMA31_70B, "meta-llama/Llama-3.1-70B"),
@@ -95,14 +86,14 @@ def resolve(model: str) -> ModelSpec:
         return REGISTRY[model]
     if model.startswith("hf:"):
         hf_id = model.removeprefix("hf:")
-        return ModelSpec(_slug(hf_id), None, _hf(hf_id), _hf_tokenizer(hf_id), real_text=True)
+        return ModelSpec(_slug(hf_id), None, **_hf(hf_id))
     path = Path(model)
     if path.suffix == ".gguf":
         if not path.is_file():
             raise HarnessError(f"--model {model}: no such GGUF file")
-        return ModelSpec(_slug(path.stem), None, _gguf(lambda: path), lambda: path, real_text=True)
+        return ModelSpec(_slug(path.stem), None, **_gguf(lambda: path))
     if path.is_dir():
-        return ModelSpec(_slug(path.name), None, _hf(str(path)), lambda: path, real_text=True)
+        return ModelSpec(_slug(path.name), None, **_hf(str(path)))
     raise HarnessError(f"--model: unknown model {model!r}; known: {', '.join(REGISTRY)}, "
                        "or a path to a .gguf file / Hugging Face directory, or hf:<repo id>")
 

@@ -23,16 +23,18 @@ from harness.dtypes import torch_dtype
 from harness.engines import EagerEngine, IreeEngine
 from harness.faults import Fault
 from harness.iree.compiler import compile_module
-from harness.iree.export import Entry, export_program
+from harness.iree.export import export_program
 from harness.iree.runtime import CompiledModule
 from harness.iree.stages import StageFailure
 from harness.iree.targets import Target
 from harness.models import ModelSpec, resolve
+from harness.programs import PROGRAMS
 from harness import variants
 
 # Sources whose text decides what an export contains: a change to any of them invalidates the cache.
 EXPORT_SOURCES = ("harness/model/llama.py", "harness/model/config.py", "harness/model/precision.py",
-                  "harness/variants.py", "harness/faults.py", "harness/iree/export.py", "harness/pipeline.py")
+                  "harness/variants.py", "harness/faults.py", "harness/programs.py", "harness/iree/export.py",
+                  "harness/pipeline.py")
 SAMPLE_TEXT = PROJECT_ROOT / "harness/data/wikitext2/wiki.test.raw"
 
 
@@ -83,9 +85,7 @@ class Pipeline:
         """[1, seq_len] input ids: real WikiText for real models, seeded random ids for toys."""
         n, vocab = self.config.seq_len, self.weights.config.vocab_size
         if self.spec.real_text:
-            from harness.tokenizer import Tokenizer
-            tokenizer = Tokenizer.from_source(self.spec.tokenizer_source())
-            ids = tokenizer.encode(SAMPLE_TEXT.read_text(encoding="utf-8")[: 8 * n])[:n]
+            ids = self.spec.load_tokenizer().encode(SAMPLE_TEXT.read_text(encoding="utf-8")[: 8 * n])[:n]
             return torch.tensor([ids], dtype=torch.int64)
         return torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(0))
 
@@ -98,10 +98,12 @@ class Pipeline:
         return variants.oracle(self.weights, self.dtype)
 
     @contextlib.contextmanager
-    def stage(self, name: str):
-        """Time a stage and record its outcome; a StageFailure is recorded and re-raised."""
+    def stage(self, name: str, program: str = "forward"):
+        """Time a stage and record its outcome; a StageFailure is recorded and re-raised. Stages of
+        programs other than "forward" are kept as "<stage>:<program>"."""
         start = time.perf_counter()
-        result = self.stages[name] = StageResult("passed")
+        key = name if program == "forward" else f"{name}:{program}"
+        result = self.stages[key] = StageResult("passed")
         try:
             yield result
         except StageFailure as e:
@@ -116,29 +118,25 @@ class Pipeline:
             model = variants.build_model(self.weights, self.dtype)
             if self.fault:
                 self.fault.apply(model)
-            entries = self._entries(program)
+            config = self.weights.config
+            entries = PROGRAMS[program](self.tokens, config.n_layers, config.dim)
             code = [PROJECT_ROOT.joinpath(s).read_bytes() for s in EXPORT_SOURCES]
             op_fault = self.fault.id if self.fault and self.fault.kind == "op" else ""
             weight_fault = self.fault.id if self.fault and self.fault.kind == "weight" else ""
-            program_key = digest(*code, str(self.weights.config.to_dict()), self.config.dtype,
+            program_key = digest(*code, str(config.to_dict()), self.config.dtype,
                                  str(self.config.tp), program, op_fault, str(records.versions()),
                                  *(str(tuple(a.shape)) for e in entries for a in e.args))
             params_key = digest(*code, self.weights.sha256, self.config.dtype, str(self.config.tp), weight_fault)
-            with self.stage("export") as st:
+            with self.stage("export", program) as st:
                 exported = export_program(model, entries, program_key, params_key, self.config.command())
                 st.seconds, st.cached = exported.seconds, exported.cached
             flags = self.config.target.compile_flags(self.config.tp)
-            with self.stage("compile") as st:
+            with self.stage("compile", program) as st:
                 vmfb, st.seconds, st.cached = compile_module(exported.mlir, flags)
-            with self.stage("run"):
+            with self.stage("run", program):
                 self._modules[program] = CompiledModule(vmfb, exported.irpa, self.config.target.device_uri,
                                                         self.config.tp)
         return self._modules[program]
-
-    def _entries(self, program: str) -> list[Entry]:
-        if program == "forward":
-            return [Entry("forward", lambda m, tokens: m(tokens).float(), (self.tokens,))]
-        raise ValueError(f"unknown program {program!r}")
 
     def iree_engine(self) -> IreeEngine:
         return IreeEngine(self.compiled("forward"))

@@ -54,6 +54,14 @@ def rope_tables(config: LlamaConfig, seq_len: int, dtype: torch.dtype) -> tuple[
 
 SUB_BLOCKS = ("attn_norm", "q_proj", "k_proj", "v_proj", "rope_q", "rope_k", "attention", "o_proj",
               "attn_residual", "mlp_norm", "gate_proj", "up_proj", "swiglu", "down_proj", "mlp_residual")
+# Where each sub-block's output flows inside the layer (mlp_residual is the layer's output).
+SUB_BLOCK_CONSUMERS = {
+    "attn_norm": ("q_proj", "k_proj", "v_proj"), "q_proj": ("rope_q",), "k_proj": ("rope_k",),
+    "v_proj": ("attention",), "rope_q": ("attention",), "rope_k": ("attention",), "attention": ("o_proj",),
+    "o_proj": ("attn_residual",), "attn_residual": ("mlp_norm", "mlp_residual"),
+    "mlp_norm": ("gate_proj", "up_proj"), "gate_proj": ("swiglu",), "up_proj": ("swiglu",),
+    "swiglu": ("down_proj",), "down_proj": ("mlp_residual",), "mlp_residual": (),
+}
 
 
 def tap(taps: dict | None, name: str, value: torch.Tensor) -> torch.Tensor:
