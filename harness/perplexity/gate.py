@@ -1,0 +1,226 @@
+"""Gates that turn perplexity statistics into a nightly's pass or fail, and the golden files they read.
+
+Paired gate: compiled vs eager in the same dtype, on the same tokens
+--------------------------------------------------------------------
+The statistic is the mean per-token dNLL = ln(PPL_compiled / PPL_eager). Pairing removes the text's own
+variance (per-token NLLs spread by nats; their differences between two implementations of one model by
+orders of magnitude less), so a small subset resolves a small budget.
+
+- Its SE is clustered by window (windows independent, tokens inside one window arbitrarily correlated),
+  with Student's t on K - 1 degrees of freedom. The token-level SE llama.cpp prints treats neighbouring
+  tokens as independent and would understate the noise, and so raise the false-alarm rate.
+- Hypotheses: "within budget", |mu| <= budget, against |mu| > budget. The gate fails only when the
+  one-sided (1 - ALPHA) lower confidence bound of |mu|, |mean| - t * SE, exceeds the budget.
+  Noise alone then fails at most ALPHA of runs: exactly ALPHA for an engine sitting right on the budget,
+  and far less for the usual clean engine (mu ~ 0), which fails only if |mean| > budget + t * SE.
+  The textbook alternative, testing mu = 0, would flag differences far too small to matter (any reordering
+  of a reduction has a nonzero mean) once the subset is large, and its verdict would depend on the subset.
+- The price of never failing on noise is that a regression is caught only once it exceeds the budget
+  by about (t + z_POWER) * SE. So power is checked, not assumed: each run computes its probability of
+  catching a regression of DETECT_FACTOR budgets, and when that is below POWER it says "underpowered"
+  (not a pass) with the number of windows it would need. A pass therefore always means: had the compiled
+  engine been off by twice the budget, this run would have failed with probability >= 90 %.
+- ALPHA = 0.01 because a nightly gates many (model, dtype) pairs; POWER = 0.9 at 2x the budget. Fewer than
+  MIN_WINDOWS windows is "underpowered" too: a clustered SE from so few windows is itself too noisy.
+- A non-finite mean (NaN or inf logits anywhere) always fails.
+
+Budgets (`BUDGETS[dtype].paired`, nats per token, ~ the relative PPL change) bound a systematic shift.
+fp32 implementations differ by ~1e-5 in their logits, so 1e-4 (0.01 % PPL) is far above rounding and far
+below any change in quality; fp16 and bf16 carry 11 and 8 significant bits, and their budgets grow with
+their rounding: 1e-3 and 4e-3. For scale: 4-bit quantization (llama.cpp's q4_K_M) moves LLaMA-3-8B's
+ln PPL by 0.027; a compiled-vs-eager difference within one dtype should be far below that.
+
+Golden gate: one engine's PPL against a stored golden value
+-----------------------------------------------------------
+- Only a golden from the same model file (sha256) and the same window sequence (text, form, tokenizer,
+  scheme, BOS, n_ctx, stride: `Protocol.STREAM_FIELDS`) is comparable; anything else is an error, not a
+  verdict. The number of windows may differ.
+- Run and golden then score prefixes of one window sequence: the windows both scored add the same
+  sampling noise to both and cancel; only the windows the larger one scored beyond the smaller one's do not.
+  For prefixes of N_small and N_large tokens the difference of the mean NLLs has the SE
+  se_small * sqrt(1 - N_small / N_large), with se_small the smaller one's window-clustered SE: 0 on
+  identical windows (leaving only numerics), and well below sqrt(se_run^2 + se_golden^2), the formula for
+  independent samples, which would let much larger regressions through.
+- Fail when |ln(PPL / golden)| exceeds GOLDEN_Z * that SE (so sampling cannot explain it) AND |PPL - golden|
+  exceeds `BUDGETS[dtype].golden_rtol` * golden (so it matters). The floor is 5 paired budgets: the golden
+  may come from the other engine (up to one budget apart), from another machine, thread count or library
+  version (reductions reordered), and the nightly should fail on drift, not on such differences.
+  A non-finite PPL fails; a subset of a single window has no SE and is "underpowered".
+
+Golden files: golden/<model>.<dtype>.<protocol key>.json, written only when asked (`update=True`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+from pathlib import Path
+from statistics import NormalDist
+
+from harness.errors import HarnessError
+from harness.perplexity.protocol import Protocol
+from harness.perplexity.stats import EngineStats, Stats
+from harness.records import versions
+
+ALPHA = 0.01
+POWER = 0.90
+DETECT_FACTOR = 2.0
+MIN_WINDOWS = 6
+GOLDEN_Z = 3.0
+GOLDEN_DIR = Path(__file__).resolve().parents[2] / "golden"
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    paired: float  # |mean dNLL| allowed between compiled and eager, nats per token
+    golden_rtol: float  # relative PPL difference from a golden value that is tolerated
+
+
+BUDGETS = {
+    "fp32": Budget(paired=1e-4, golden_rtol=5e-4),
+    "fp16": Budget(paired=1e-3, golden_rtol=5e-3),
+    "bf16": Budget(paired=4e-3, golden_rtol=2e-2),
+}
+
+
+def budget(dtype: str) -> Budget:
+    try:
+        return BUDGETS[dtype]
+    except KeyError:
+        raise HarnessError(f"no perplexity budget for dtype {dtype!r}; known: {', '.join(BUDGETS)}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class GateResult:
+    gate: str  # "paired" or "golden"
+    verdict: str  # "pass", "fail" or "underpowered"
+    message: str  # one line
+    details: dict
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "pass"
+
+    def to_record(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def t_quantile(p: float, df: float) -> float:
+    """Student's t quantile by its Cornish-Fisher expansion in 1/df (Abramowitz & Stegun 26.7.5):
+    within 1e-3 relative for df >= 5 at p <= 0.995 (the project does not depend on scipy)."""
+    z = NormalDist().inv_cdf(p)
+    g = ((z ** 3 + z) / 4,
+         (5 * z ** 5 + 16 * z ** 3 + 3 * z) / 96,
+         (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / 384,
+         (79 * z ** 9 + 776 * z ** 7 + 1482 * z ** 5 - 1920 * z ** 3 - 945 * z) / 92160)
+    return z + sum(gi / df ** (i + 1) for i, gi in enumerate(g))
+
+
+def paired_gate(mean: float, se: float, n_windows: int, budget: float, alpha: float = ALPHA,
+                power: float = POWER, detect_factor: float = DETECT_FACTOR) -> GateResult:
+    """Decide on the mean dNLL (candidate minus reference) and its window-clustered SE over n_windows."""
+    details = dict(mean=mean, se=se, n_windows=n_windows, budget=budget, alpha=alpha, power_required=power,
+                   detect_factor=detect_factor)
+    if not math.isfinite(mean):
+        return GateResult("paired", "fail", f"paired gate fail: mean dNLL is {mean} (non-finite logits)", details)
+    if n_windows < MIN_WINDOWS or not math.isfinite(se):
+        return GateResult("paired", "underpowered", f"paired gate underpowered: {n_windows} windows, at least "
+                          f"{MIN_WINDOWS} are needed for a window-clustered SE", details)
+    t = t_quantile(1 - alpha, n_windows - 1)
+    lower = abs(mean) - t * se
+    se_needed = (detect_factor - 1) * budget / (t + NormalDist().inv_cdf(power))
+    achieved = 1.0 if se == 0 else NormalDist().cdf((detect_factor - 1) * budget / se - t)
+    details.update(lower_bound=lower, power=achieved)
+    summary = (f"mean dNLL {mean:+.3e} +/- {se:.2e} ({n_windows} windows); {100 * (1 - alpha):g}% lower bound "
+               f"of |dNLL| {lower:.3e} vs budget {budget:.1e}")
+    if lower > budget:
+        return GateResult("paired", "fail", f"paired gate fail: {summary}", details)
+    if achieved < power:
+        needed = math.ceil(n_windows * (se / se_needed) ** 2)
+        return GateResult("paired", "underpowered", f"paired gate underpowered: {summary}; power {achieved:.2f} "
+                          f"< {power:g} to catch {detect_factor:g}x the budget: score about {needed} windows",
+                          details)
+    return GateResult("paired", "pass", f"paired gate pass: {summary}; power {achieved:.2f} to catch "
+                      f"{detect_factor:g}x the budget", details)
+
+
+def check_pair(stats: Stats, dtype: str) -> GateResult:
+    """The paired gate on a two-engine result (reference first), with the dtype's budget."""
+    if stats.pair is None:
+        raise HarnessError("the paired gate needs a two-engine result (eager and compiled)")
+    return paired_gate(stats.pair.ln_ratio.value, stats.pair.ln_ratio_window_se, stats.n_windows,
+                       budget(dtype).paired)
+
+
+@dataclasses.dataclass(frozen=True)
+class Golden:
+    value: float  # PPL
+    se: float  # token SE (llama.cpp's), for people
+    window_se: float  # window-clustered SE, for the gate
+    n_tokens: int
+    protocol: Protocol
+    model_sha256: str
+    command: str  # the exact command that produced it
+    date: str
+    versions: dict[str, str]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Golden":
+        return cls(**{**d, "protocol": Protocol.from_dict(d["protocol"])})
+
+
+def make_golden(engine: EngineStats, protocol: Protocol, model_sha256: str, command: str) -> Golden:
+    return Golden(value=engine.ppl.value, se=engine.ppl.se, window_se=engine.ppl.value * engine.nll_window_se,
+                  n_tokens=protocol.n_tokens, protocol=protocol, model_sha256=model_sha256, command=command,
+                  date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  versions=versions())
+
+
+def golden_path(model: str, dtype: str, protocol: Protocol, root: Path = GOLDEN_DIR) -> Path:
+    return root / f"{model}.{dtype}.{protocol.key()}.json"
+
+
+def read_golden(path: Path) -> Golden:
+    if not path.is_file():
+        raise HarnessError(f"{path}: no golden file; create it with update=True (--update-golden)")
+    try:
+        return Golden.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError, KeyError) as e:
+        raise HarnessError(f"{path}: not a golden file: {type(e).__name__}: {' '.join(str(e).split())}")
+
+
+def write_golden(path: Path, golden: Golden, update: bool = False) -> None:
+    if not update:
+        raise HarnessError(f"{path}: golden files are written only when asked (update=True, --update-golden)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(golden.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def golden_gate(engine: EngineStats, protocol: Protocol, golden: Golden, model_sha256: str, rtol: float,
+                z: float = GOLDEN_Z) -> GateResult:
+    mismatch = protocol.stream_mismatch(golden.protocol)
+    if mismatch:
+        raise HarnessError(f"golden ({golden.command}) is not comparable: {'; '.join(mismatch)}")
+    if model_sha256 != golden.model_sha256:
+        raise HarnessError(f"golden is for model sha256 {golden.model_sha256}, this run's is {model_sha256}")
+    ppl = engine.ppl.value
+    diff = ppl - golden.value
+    # In ln PPL (mean NLL) units, where the SEs live; the golden keeps its window SE in PPL units.
+    runs = sorted([(protocol.n_tokens, engine.nll_window_se), (golden.n_tokens, golden.window_se / golden.value)])
+    (n_small, se_small), (n_large, _) = runs
+    se = 0.0 if n_small == n_large else se_small * math.sqrt(1 - n_small / n_large)
+    details = dict(ppl=ppl, golden=golden.value, diff=diff, ln_ratio_se=se, z=z, rtol=rtol,
+                   n_tokens=protocol.n_tokens, golden_n_tokens=golden.n_tokens)
+    summary = (f"PPL {ppl:.4f} vs golden {golden.value:.4f} ({protocol.n_tokens} vs {golden.n_tokens} tokens): "
+               f"{100 * diff / golden.value:+.3f}%, noise bound {100 * z * se:.3f}%, floor {100 * rtol:.3f}%")
+    if math.isfinite(ppl) and math.isnan(se):
+        return GateResult("golden", "underpowered", f"golden gate underpowered: {summary}: the smaller of the two "
+                          f"has fewer than 2 windows, so its sampling noise is unknown", details)
+    failed = not math.isfinite(ppl) or (abs(math.log(ppl / golden.value)) > z * se and abs(diff) > rtol * golden.value)
+    verdict = "fail" if failed else "pass"
+    return GateResult("golden", verdict, f"golden gate {verdict}: {summary}", details)

@@ -1,0 +1,209 @@
+"""Perplexity statistics of one engine, or of a reference engine A ("base") and a candidate engine B ("Q")
+scoring the same tokens, with llama.cpp's definitions (tools/perplexity/perplexity.cpp), per scored token i
+with reference log-probs a and candidate log-probs b over the vocabulary:
+
+- nll_i = -log p(true next token); PPL = exp(mean nll) +/- PPL * SE(mean nll) (the delta method);
+- ln(PPL_B / PPL_A) = mean(nll_B - nll_A) +/- sqrt(SE_A^2 + SE_B^2 - 2 cov), which is the SE of the mean of
+  the per-token differences; and the correlation of the two engines' per-token NLLs;
+- KLD_i = sum_v exp(a_v) (a_v - b_v): mean +/- SE and percentiles;
+- same top token: fraction of tokens where argmax a = argmax b, +/- sqrt(p (1 - p) / (N - 1));
+- dp_i = p_B(true) - p_A(true): mean +/- SE, and RMS.
+
+The SE of a mean is sqrt((<x^2> - <x>^2) / (N - 1)), tokens taken as independent; that understates the
+error for neighbouring tokens, so each mean NLL and their difference also get a window-clustered SE
+(`window_se`), which the gates use.
+
+Everything is computed in fp64 from the full log-softmax rows (llama.cpp keeps its base log-probs as
+uint16 over the top 16 nats, so its KLD can come out slightly negative; here only by fp64 rounding). Rows
+are reduced as they arrive, in blocks of bounded size whatever the vocabulary; what is kept is per-token
+scalars (NLL per engine and KLD: 24 bytes a token, about 7 MB for the whole WikiText-2 test file) and
+window sizes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+
+PERCENTILES = (99.9, 99.0, 95.0, 90.0, 50.0, 10.0, 5.0, 1.0, 0.1)
+_BLOCK_ELEMENTS = 1 << 23  # fp64 log-softmax elements reduced at a time: 64 MB per engine
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    value: float
+    se: float
+
+
+def mean_se(x: np.ndarray) -> Estimate:
+    """Mean and its standard error, the values taken as independent."""
+    n = x.size
+    return Estimate(float(x.mean()), math.sqrt(x.var() / (n - 1)) if n > 1 else math.nan)
+
+
+def window_se(x: np.ndarray, window_sizes: Sequence[int]) -> float:
+    """Standard error of the mean of `x`, clustered by window: windows independent, tokens within a
+    window arbitrarily correlated (the cluster-robust variance of a ratio estimator:
+    K/(K-1) sum_w (S_w - mean * n_w)^2 / N^2, with S_w the window's sum and n_w its size)."""
+    sizes = np.asarray(window_sizes)
+    k = sizes.size
+    if k < 2:
+        return math.nan
+    sums = np.add.reduceat(x, np.concatenate(([0], np.cumsum(sizes)[:-1])))
+    residuals = sums - x.mean() * sizes
+    return math.sqrt(k / (k - 1) * np.sum(residuals ** 2)) / x.size
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineStats:
+    name: str
+    nll: Estimate  # token SE (llama.cpp's)
+    nll_window_se: float
+    ppl: Estimate  # exp(nll) +/- PPL * SE: the delta method
+
+
+def engine_stats(name: str, nll: np.ndarray, window_sizes: Sequence[int]) -> EngineStats:
+    mean = mean_se(nll)
+    ppl = math.exp(mean.value)
+    return EngineStats(name, mean, window_se(nll, window_sizes), Estimate(ppl, ppl * mean.se))
+
+
+@dataclasses.dataclass(frozen=True)
+class PairStats:
+    ln_ratio: Estimate  # mean(nll_B - nll_A), token SE (llama.cpp's)
+    ln_ratio_window_se: float  # the same mean's window-clustered SE
+    nll_correlation: float
+    kld: Estimate
+    kld_percentiles: dict[str, float]  # "max", "99.9", ..., "0.1", "min"
+    same_top: Estimate
+    dp: Estimate
+    dp_rms: Estimate
+
+
+@dataclasses.dataclass(frozen=True)
+class Stats:
+    n_tokens: int
+    n_windows: int
+    engines: tuple[EngineStats, ...]  # the reference (A) first
+    pair: PairStats | None
+
+    def to_record(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def format(self) -> str:
+        """llama.cpp's summary: `Final estimate` per engine, then its statistics blocks for a pair."""
+        lines = [f"[{e.name}] Final estimate: PPL = {e.ppl.value:.4f} +/- {e.ppl.se:.5f}" for e in self.engines]
+        p = self.pair
+        if p is None:
+            return "\n".join(lines)
+        a, b = self.engines
+        ratio = math.exp(p.ln_ratio.value)
+        lines += [
+            "", f"====== Perplexity statistics (Q = {b.name}, base = {a.name}, {self.n_tokens} tokens) ======",
+            f"Mean PPL(Q)                   : {b.ppl.value:10.6f} ± {b.ppl.se:10.6f}",
+            f"Mean PPL(base)                : {a.ppl.value:10.6f} ± {a.ppl.se:10.6f}",
+            f"Cor(ln(PPL(Q)), ln(PPL(base))): {100 * p.nll_correlation:6.2f}%",
+            f"Mean ln(PPL(Q)/PPL(base))     : {p.ln_ratio.value:10.6f} ± {p.ln_ratio.se:10.6f} "
+            f"(± {p.ln_ratio_window_se:.6f} by window)",
+            f"Mean PPL(Q)/PPL(base)         : {ratio:10.6f} ± {ratio * p.ln_ratio.se:10.6f}",
+            "", "====== KL divergence statistics ======",
+            f"Mean    KLD: {p.kld.value:10.6f} ± {p.kld.se:10.6f}",
+        ]
+        lines += [f"{_percentile_label(k)} KLD: {v:10.6f}" for k, v in p.kld_percentiles.items()]
+        lines += [
+            "", "====== Token probability statistics ======",
+            f"Mean    Δp: {100 * p.dp.value:6.3f} ± {100 * p.dp.se:5.3f} %",
+            f"RMS Δp    : {100 * p.dp_rms.value:6.3f} ± {100 * p.dp_rms.se:5.3f} %",
+            f"Same top p: {100 * p.same_top.value:6.3f} ± {100 * p.same_top.se:5.3f} %",
+        ]
+        return "\n".join(lines)
+
+
+def _percentile_label(key: str) -> str:
+    labels = {"max": "Maximum", "min": "Minimum", "50.0": "Median "}
+    return labels[key] if key in labels else f"{float(key):4.1f}%  "
+
+
+class Accumulator:
+    """Streaming statistics: `add` each window's scored rows as they come, `result` at the end."""
+
+    def __init__(self, names: Sequence[str]):
+        if len(names) not in (1, 2):
+            raise ValueError(f"statistics of 1 or 2 engines, not {len(names)}")
+        self.names = tuple(names)
+        self._nll: list[list[np.ndarray]] = [[] for _ in names]
+        self._kld: list[np.ndarray] = []
+        self._window_sizes: list[int] = []
+        self._same_top = 0
+        self._sum_nll_a = 0.0
+
+    @property
+    def paired(self) -> bool:
+        return len(self.names) == 2
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(self._window_sizes)
+
+    def add(self, targets: torch.Tensor, logits: Sequence[torch.Tensor]) -> None:
+        """One window: `targets` [n] and, per engine, the logits [n, vocab] that predict them."""
+        n = targets.shape[0]
+        if len(logits) != len(self.names) or any(t.shape[0] != n for t in logits):
+            raise ValueError(f"expected {len(self.names)} logit tensors of {n} rows")
+        nll = [np.empty(n) for _ in logits]
+        kld = np.empty(n)
+        rows = max(1, _BLOCK_ELEMENTS // logits[0].shape[-1])
+        for start in range(0, n, rows):
+            block = slice(start, start + rows)
+            logp = [torch.log_softmax(t[block].double(), dim=-1) for t in logits]
+            for out, lp in zip(nll, logp):
+                out[block] = -lp.gather(-1, targets[block, None])[:, 0].numpy()
+            if self.paired:
+                a, b = logp
+                p_a = a.exp()
+                # Where p_a is 0 the term is 0, even where b is -inf.
+                kld[block] = (p_a * (a - b)).masked_fill(p_a == 0, 0.0).sum(-1).numpy()
+                self._same_top += int((a.argmax(-1) == b.argmax(-1)).sum())
+        for kept, values in zip(self._nll, nll):
+            kept.append(values)
+        if self.paired:
+            self._kld.append(kld)
+        self._window_sizes.append(n)
+        self._sum_nll_a += float(nll[0].sum())
+
+    def running_ppl(self) -> float:
+        """The reference engine's PPL so far (for progress display)."""
+        return math.exp(self._sum_nll_a / self.n_tokens) if self.n_tokens else math.nan
+
+    def result(self) -> Stats:
+        if self.n_tokens < 2:
+            raise ValueError("statistics need at least 2 scored tokens")
+        nlls = [np.concatenate(chunks) for chunks in self._nll]
+        engines = tuple(engine_stats(name, nll, self._window_sizes) for name, nll in zip(self.names, nlls))
+        pair = self._pair(*nlls, np.concatenate(self._kld)) if self.paired else None
+        return Stats(self.n_tokens, len(self._window_sizes), engines, pair)
+
+    def _pair(self, nll_a: np.ndarray, nll_b: np.ndarray, kld: np.ndarray) -> PairStats:
+        n = nll_a.size
+        d = nll_b - nll_a
+        with np.errstate(invalid="ignore", divide="ignore"):  # constant NLLs have no correlation
+            correlation = float(np.corrcoef(nll_a, nll_b)[0, 1])
+        percentiles = dict(zip(map(str, PERCENTILES), map(float, np.percentile(kld, PERCENTILES))))
+        p_top = self._same_top / n
+        dp = np.exp(-nll_b) - np.exp(-nll_a)
+        mse = mean_se(dp ** 2)
+        rms = math.sqrt(mse.value)
+        return PairStats(
+            ln_ratio=mean_se(d),
+            ln_ratio_window_se=window_se(d, self._window_sizes),
+            nll_correlation=correlation,
+            kld=mean_se(kld),
+            kld_percentiles={"max": float(kld.max()), **percentiles, "min": float(kld.min())},
+            same_top=Estimate(p_top, math.sqrt(p_top * (1 - p_top) / (n - 1))),
+            dp=mean_se(dp),
+            dp_rms=Estimate(rms, 0.5 / rms * mse.se if rms > 0 else 0.0),  # the delta method, as llama.cpp
+        )

@@ -1,0 +1,194 @@
+"""Gates on seeded synthetic noise, both sides: planted regressions fail, clean runs pass at the nominal rate.
+Per-token dNLL / NLL streams have a shared offset per window (neighbouring tokens are correlated) plus
+per-token noise; each synthetic run goes through the same window-clustered SE as a real one."""
+
+import json
+import math
+from statistics import NormalDist
+
+import numpy as np
+import pytest
+
+from harness.errors import HarnessError
+from harness.perplexity import gate
+from harness.perplexity.gate import ALPHA, golden_gate, make_golden, paired_gate, read_golden, write_golden
+from harness.perplexity.protocol import Protocol
+from harness.perplexity.stats import engine_stats, mean_se, window_se
+
+BUDGET = 1e-3
+K, N = 32, 50  # windows per run, scored tokens per window
+WINDOW_SD, TOKEN_SD = 4e-4, 5e-3  # window SE of the mean ~1.4e-4: power ~1 at 2x the budget
+
+
+def dnll(rng, mu, runs, scale=1.0, window_sd=WINDOW_SD, token_sd=TOKEN_SD, k=K):
+    """`runs` synthetic per-token dNLL streams of k windows with true mean mu, shape [runs, k * N]."""
+    offsets = window_sd * rng.normal(size=(runs, k, 1))
+    return (mu + scale * (offsets + token_sd * rng.normal(size=(runs, k, N)))).reshape(runs, -1)
+
+
+def gate_runs(d, se=None):
+    k = d.shape[1] // N
+    return [paired_gate(x.mean(), window_se(x, [N] * k) if se is None else se(x), k, BUDGET) for x in d]
+
+
+def verdicts(d, **kwargs):
+    return [r.verdict for r in gate_runs(d, **kwargs)]
+
+
+@pytest.mark.parametrize("p, df, table", [(0.99, 5, 3.3649), (0.99, 10, 2.7638), (0.99, 31, 2.4528),
+                                          (0.95, 30, 1.6973), (0.975, 20, 2.0860)])
+def test_t_quantile_matches_tables(p, df, table):
+    assert gate.t_quantile(p, df) == pytest.approx(table, rel=1e-3)
+
+
+def test_clean_runs_pass():
+    v = verdicts(dnll(np.random.default_rng(0), 0.0, 500))
+    assert v.count("pass") == 500
+
+
+@pytest.mark.parametrize("k", [8, K])
+def test_noise_at_the_budget_fails_at_the_nominal_rate(k):
+    """The worst clean case, a true mean exactly at the budget, fails ALPHA of the time (one tail); with
+    few windows only because the bound uses Student's t (the normal quantile would fail ~2.5 % at k = 8)."""
+    runs = 4000
+    rate = verdicts(dnll(np.random.default_rng(1), BUDGET, runs, k=k)).count("fail") / runs
+    assert abs(rate - ALPHA) < 3.5 * math.sqrt(ALPHA * (1 - ALPHA) / runs), rate
+
+
+def test_window_se_keeps_the_nominal_rate_where_the_token_se_would_false_alarm():
+    """Why the gate clusters by window: with strongly correlated tokens in a window, llama.cpp's token SE
+    understates the noise and the same runs at the budget fail far more often than ALPHA."""
+    runs = 2000
+    d = dnll(np.random.default_rng(2), BUDGET, runs, window_sd=1.5e-3, token_sd=3e-3)
+    by_window = verdicts(d).count("fail") / runs
+    by_token = verdicts(d, se=lambda x: mean_se(x).se).count("fail") / runs
+    assert abs(by_window - ALPHA) < 3.5 * math.sqrt(ALPHA * (1 - ALPHA) / runs), by_window
+    assert by_token > 10 * ALPHA, by_token
+
+
+def test_planted_regression_slightly_above_the_budget_fails():
+    rng = np.random.default_rng(2)
+    quiet = (1.1 * BUDGET + TOKEN_SD / 20 * rng.normal(size=(K, N))).ravel()  # SE ~ budget / 140
+    r = paired_gate(quiet.mean(), window_se(quiet, [N] * K), K, BUDGET)
+    assert r.verdict == "fail" and not r.passed and "\n" not in r.message
+    better = -quiet  # a compiled engine "better" than eager by more than the budget is a discrepancy too
+    assert paired_gate(better.mean(), window_se(better, [N] * K), K, BUDGET).verdict == "fail"
+
+
+def test_regression_of_twice_the_budget_is_caught_with_the_stated_power():
+    """At a noise level where the gate claims ~96 % power, it catches about that share of 2x regressions."""
+    results = gate_runs(dnll(np.random.default_rng(3), gate.DETECT_FACTOR * BUDGET, 1000, scale=1.6))
+    caught = sum(r.verdict == "fail" for r in results) / len(results)
+    claimed = float(np.mean([r.details["power"] for r in results]))
+    assert caught >= gate.POWER and caught == pytest.approx(claimed, abs=0.03), (caught, claimed)
+
+
+def test_too_noisy_or_too_short_runs_are_underpowered_not_passed():
+    d = dnll(np.random.default_rng(4), 0.0, 1)[0] * 5  # SE ~ budget
+    r = paired_gate(d.mean(), window_se(d, [N] * K), K, BUDGET)
+    assert r.verdict == "underpowered" and not r.passed and r.details["power"] < gate.POWER
+    needed = int(r.message.rsplit("about ", 1)[1].split()[0])
+    assert needed > K
+    more = dnll(np.random.default_rng(5), 0.0, 1)[0].reshape(K, N)[:, :N // 10].ravel() * 0  # sanity: SE 0
+    assert paired_gate(more.mean(), window_se(more, [N // 10] * K), K, BUDGET).verdict == "pass"
+    assert paired_gate(0.0, 0.0, gate.MIN_WINDOWS - 1, BUDGET).verdict == "underpowered"
+
+
+def test_non_finite_always_fails():
+    assert paired_gate(math.nan, 1e-4, K, BUDGET).verdict == "fail"
+    assert paired_gate(math.inf, math.nan, 2, BUDGET).verdict == "fail"
+
+
+def test_budgets_by_dtype():
+    assert gate.budget("fp32").paired < gate.budget("fp16").paired < gate.budget("bf16").paired
+    with pytest.raises(HarnessError, match="fp8"):
+        gate.budget("fp8")
+
+
+# golden ---------------------------------------------------------------------------------------------
+
+NLL_SD, NLL_WINDOW_SD, RTOL = 2.5, 0.3, 5e-4
+
+
+def protocol(n_windows, n_ctx=512):
+    """The first n_windows of 200 windows that score 255 tokens each."""
+    return Protocol(dataset="synthetic", dataset_sha256="cd" * 32, text_form="raw", text_sha256="ef" * 32,
+                    tokenizer="fake", tokenizer_fingerprint="ab" * 32, scheme="llamacpp", bos="none", n_ctx=n_ctx,
+                    stride=n_ctx, scored="255 a window", text_tokens=512 * 200, total_windows=200,
+                    n_windows=n_windows, n_tokens=255 * n_windows)
+
+
+def nll_stream(rng, n_windows, per_window=255):
+    return (3.0 + NLL_WINDOW_SD * rng.normal(size=(n_windows, 1))
+            + NLL_SD * rng.normal(size=(n_windows, per_window))).ravel()
+
+
+def golden_from(nll, n_windows):
+    return make_golden(engine_stats("eager", nll, [255] * n_windows), protocol(n_windows), "m" * 64, "cmd")
+
+
+def check(nll, n_windows, golden, z=gate.GOLDEN_Z, rtol=RTOL):
+    return golden_gate(engine_stats("iree", nll, [255] * n_windows), protocol(n_windows), golden, "m" * 64, rtol, z)
+
+
+def test_golden_on_the_same_windows_is_a_relative_tolerance():
+    nll = nll_stream(np.random.default_rng(6), 40)
+    golden = golden_from(nll, 40)
+    assert check(nll + math.log(1 + 0.5 * RTOL), 40, golden).verdict == "pass"
+    r = check(nll + math.log(1 + 3 * RTOL), 40, golden)
+    assert r.verdict == "fail" and r.details["ln_ratio_se"] == 0 and "\n" not in r.message
+
+
+def test_golden_noise_from_a_single_window_is_unknown():
+    nll = nll_stream(np.random.default_rng(10), 10)
+    golden = golden_from(nll, 10)
+    assert check(nll[:255], 1, golden).verdict == "underpowered"
+    assert check(nll[:255], 1, golden_from(nll[:255], 1)).verdict == "pass"  # the same single window
+    assert check(nll + math.nan, 10, golden).verdict == "fail"
+
+
+def test_golden_on_a_subset_passes_clean_runs_at_the_nominal_rate():
+    """Run = first K windows of the golden's M: the difference is pure sampling; at z = 1.645 (two-sided
+    10 %) and no floor, clean runs fail about 10 % of the time. The same runs with a planted regression
+    well beyond that noise (+25 % PPL: a 32-window subset of varied text is that coarse) fail nearly always."""
+    rng = np.random.default_rng(7)
+    z, runs, k, m = NormalDist().inv_cdf(0.95), 1000, 32, 128
+    clean = planted = 0
+    for _ in range(runs):
+        nll = nll_stream(rng, m)
+        golden = golden_from(nll, m)
+        run = nll[:k * 255]
+        clean += check(run, k, golden, z=z, rtol=0).verdict == "fail"
+        planted += check(run + math.log(1.25), k, golden, z=z, rtol=RTOL).verdict == "fail"
+    assert abs(clean / runs - 0.10) < 0.035, clean
+    assert planted / runs > 0.97
+
+
+def test_golden_files_round_trip_and_are_written_only_when_asked(tmp_path):
+    golden = golden_from(nll_stream(np.random.default_rng(8), 10), 10)
+    assert (golden.command, golden.model_sha256, golden.n_tokens) == ("cmd", "m" * 64, 2550)
+    assert {"python", "torch"} <= set(golden.versions) and golden.date
+    path = gate.golden_path("toy", "fp32", golden.protocol, root=tmp_path)
+    assert path == tmp_path / "toy.fp32.synthetic-raw.llamacpp.c512.w10.json"
+    with pytest.raises(HarnessError, match="update"):
+        write_golden(path, golden)
+    assert not path.exists()
+    write_golden(path, golden, update=True)
+    assert read_golden(path) == golden
+    assert json.loads(path.read_text())["value"] == golden.value
+
+
+def test_golden_problems_are_one_line_errors(tmp_path):
+    golden = golden_from(nll_stream(np.random.default_rng(9), 10), 10)
+    stats = engine_stats("iree", nll_stream(np.random.default_rng(9), 10), [255] * 10)
+    (tmp_path / "bad.json").write_text("{}")
+    cases = [
+        (lambda: read_golden(tmp_path / "missing.json"), "no golden"),
+        (lambda: read_golden(tmp_path / "bad.json"), "not a golden"),
+        (lambda: golden_gate(stats, protocol(10, n_ctx=256), golden, "m" * 64, RTOL), "n_ctx"),
+        (lambda: golden_gate(stats, protocol(10), golden, "x" * 64, RTOL), "sha256"),
+    ]
+    for call, message in cases:
+        with pytest.raises(HarnessError, match=message) as e:
+            call()
+        assert "\n" not in str(e.value)
