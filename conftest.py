@@ -18,7 +18,8 @@ from harness.pipeline import Pipeline
 
 
 def pytest_addoption(parser):
-    options.add_options(parser.getgroup("harness", "IREE LLM numerics harness").addoption)
+    options.add_options(parser.getgroup("harness", "IREE LLM numerics harness").addoption,
+                        options.ALL_OPTIONS + options.PERPLEXITY_OPTIONS + options.SUITE_OPTIONS)
 
 
 def pytest_configure(config):

@@ -8,7 +8,7 @@ import datetime
 import sys
 from pathlib import Path
 
-from harness import end_to_end, options, records, report
+from harness import end_to_end, layers, options, records, report
 from harness.errors import HarnessError
 from harness.pipeline import Pipeline
 
@@ -17,24 +17,31 @@ def _run_dir(args) -> Path:
     return Path(args.report_dir) / (args.run_name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
 
 
-def cmd_run(args) -> int:
-    """End-to-end check of every configuration in the matrix; failures don't stop the others."""
+def _each_config(args, check, kind: str) -> int:
+    """Run `check(pipeline, run_dir) -> (record, passed, text)` for every configuration of the matrix;
+    a failed stage is recorded and the others go on. Writes the records and the summary."""
     run_dir, failed = _run_dir(args), 0
     for config in options.run_configs(lambda dest: getattr(args, dest)):
         p = Pipeline(config)
         try:
-            rec = end_to_end.check(p)
+            rec, passed, text = check(p, run_dir)
         except HarnessError as e:  # a failed stage (already in p.stages) or bad input for this config
-            rec = p.record("end_to_end", failure={"message": str(e)})
-            print(f"{config.id}: {e}", file=sys.stderr)
+            rec, passed, text = p.record(kind, failure={"message": str(e)}), False, str(e)
         records.append(run_dir / "records.jsonl", rec)
-        ok = bool(rec.get("verdict", {}).get("passed"))
-        failed += not ok
-        print(f"{config.id}: {'PASS' if ok else 'FAIL'}"
-              + (f" ({rec['verdict']['reason']})" if rec.get("verdict") else ""))
-    summary = report.write_summary(run_dir)
-    print(f"report: {summary}")
+        failed += not passed
+        print(f"{config.id}: {'PASS' if passed else 'FAIL'} {text}")
+    print(f"report: {report.write_summary(run_dir)}")
     return 1 if failed else 0
+
+
+def _end_to_end(p: Pipeline, run_dir: Path):
+    rec = end_to_end.check(p)
+    return rec, rec["verdict"]["passed"], rec["verdict"]["reason"]
+
+
+def _bisect(p: Pipeline, run_dir: Path):
+    rec = layers.bisect(p, run_dir / f"bisect-{p.config.id}")
+    return rec, not rec["diverged"] and not rec["propagated_first_failure"], "\n" + layers.format_bisect(rec)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -42,7 +49,10 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="compiled vs eager end to end, per configuration")
     options.add_options(run.add_argument)
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func=lambda args: _each_config(args, _end_to_end, "end_to_end"))
+    bisect = sub.add_parser("bisect", help="first diverging layer and sub-block, per configuration")
+    options.add_options(bisect.add_argument)
+    bisect.set_defaults(func=lambda args: _each_config(args, _bisect, "bisect"))
     return ap
 
 

@@ -36,6 +36,26 @@ TARGET_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     (("--iree-cpu",), dict(default="host", help="--iree-llvmcpu-target-cpu for local (default host)")),
     (("--iree-compile-flag",), dict(action="append", default=[], help="extra iree-compile flag; repeatable")),
 ]
+PERPLEXITY_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
+    (("--ppl-windows",), dict(type=int, default=8, help="perplexity windows scored per configuration "
+                              "(default 8; --nightly: the whole file)")),
+    (("--ppl-n-ctx",), dict(type=int, default=512, help="perplexity window length (default 512, llama.cpp's)")),
+    (("--ppl-scheme",), dict(choices=("llamacpp", "rolling"), default="llamacpp",
+                             help="llama.cpp's windows (default) or lm-eval's rolling windows")),
+    (("--dataset",), dict(default="wikitext2", help="the bundled WikiText-2 raw test split (default), a local "
+                          "text file, or a Hugging Face dataset id name[:config[:split]]")),
+    (("--text-form",), dict(choices=("raw", "joined"), default="raw",
+                            help="raw file as llama.cpp reads it (default) or HF rows joined by blank lines")),
+    (("--update-golden",), dict(action="store_true", help="rewrite golden/ perplexity values from this run")),
+]
+SUITE_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
+    (("--ppl-dtypes",), dict(default="fp32,fp16", help="dtypes whose perplexity the quick tier scores "
+                             "(default fp32,fp16: IREE bf16 prefill runs at ~1 GFLOP/s on CPUs without bf16 "
+                             "units, ~100 s a window); --nightly scores every dtype")),
+    (("--nightly",), dict(action="store_true", help="nightly tier: whole-file perplexity for every dtype")),
+    (("--bisect-on-fail",), dict(action="store_true", help="bisect a configuration whose layer check fails "
+                                 "to its first diverging layer and sub-block")),
+]
 REPORT_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     (("--report-dir",), dict(default="reports", help="where runs write (default reports/)")),
     (("--run-name",), dict(default=None, help="run directory name (default: a timestamp)")),

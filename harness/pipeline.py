@@ -98,11 +98,10 @@ class Pipeline:
         return variants.oracle(self.weights, self.dtype)
 
     @contextlib.contextmanager
-    def stage(self, name: str, program: str = "forward"):
-        """Time a stage and record its outcome; a StageFailure is recorded and re-raised. Stages of
-        programs other than "forward" are kept as "<stage>:<program>"."""
+    def stage(self, name: str, label: str = "forward"):
+        """Time a stage and record its outcome; a StageFailure is recorded and re-raised."""
         start = time.perf_counter()
-        key = name if program == "forward" else f"{name}:{program}"
+        key = name if label == "forward" else f"{name}:{label}"
         result = self.stages[key] = StageResult("passed")
         try:
             yield result
@@ -112,34 +111,39 @@ class Pipeline:
         finally:
             result.seconds = result.seconds or time.perf_counter() - start
 
-    def compiled(self, program: str = "forward") -> CompiledModule:
-        """The compiled module of `program`, exported and compiled on first use (or from the cache)."""
-        if program not in self._modules:
+    def compiled(self, program: str = "forward", seq_len: int | None = None) -> CompiledModule:
+        """The compiled module of `program` for `seq_len` tokens (default: the configuration's),
+        exported and compiled on first use (or taken from the cache). Its stages are recorded as
+        "export", "compile", "run" for the end-to-end program and "<stage>:<label>" for others."""
+        seq_len = seq_len or self.config.seq_len
+        label = program if seq_len == self.config.seq_len else f"{program}@{seq_len}"
+        if label not in self._modules:
             model = variants.build_model(self.weights, self.dtype)
             if self.fault:
                 self.fault.apply(model)
             config = self.weights.config
-            entries = PROGRAMS[program](self.tokens, config.n_layers, config.dim)
+            tokens = torch.zeros(1, seq_len, dtype=torch.int64)
+            entries = PROGRAMS[program](tokens, config.n_layers, config.dim)
             code = [PROJECT_ROOT.joinpath(s).read_bytes() for s in EXPORT_SOURCES]
             op_fault = self.fault.id if self.fault and self.fault.kind == "op" else ""
             weight_fault = self.fault.id if self.fault and self.fault.kind == "weight" else ""
-            program_key = digest(*code, str(config.to_dict()), self.config.dtype,
-                                 str(self.config.tp), program, op_fault, str(records.versions()),
+            program_key = digest(*code, str(config.to_dict()), self.config.dtype, str(self.config.tp), program,
+                                 op_fault, str(records.versions()),
                                  *(str(tuple(a.shape)) for e in entries for a in e.args))
             params_key = digest(*code, self.weights.sha256, self.config.dtype, str(self.config.tp), weight_fault)
-            with self.stage("export", program) as st:
+            with self.stage("export", label) as st:
                 exported = export_program(model, entries, program_key, params_key, self.config.command())
                 st.seconds, st.cached = exported.seconds, exported.cached
             flags = self.config.target.compile_flags(self.config.tp)
-            with self.stage("compile", program) as st:
+            with self.stage("compile", label) as st:
                 vmfb, st.seconds, st.cached = compile_module(exported.mlir, flags)
-            with self.stage("run", program):
-                self._modules[program] = CompiledModule(vmfb, exported.irpa, self.config.target.device_uri,
-                                                        self.config.tp)
-        return self._modules[program]
+            with self.stage("run", label):
+                self._modules[label] = CompiledModule(vmfb, exported.irpa, self.config.target.device_uri,
+                                                      self.config.tp)
+        return self._modules[label]
 
-    def iree_engine(self) -> IreeEngine:
-        return IreeEngine(self.compiled("forward"))
+    def iree_engine(self, seq_len: int | None = None) -> IreeEngine:
+        return IreeEngine(self.compiled("forward", seq_len))
 
     def record(self, kind: str, **fields) -> dict:
         cfg = self.config

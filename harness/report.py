@@ -44,6 +44,45 @@ def end_to_end_table(recs: list[dict]) -> str:
                     tablefmt="github")
 
 
+def _worst(parts: list[dict], mode: str) -> str:
+    rows = [r for r in parts if r["mode"] == mode]
+    worst = max(rows, key=lambda r: r["ratio"])
+    return f"{MARK['passed' if worst['passed'] else 'failed']} {worst['part']} {worst['ratio']:.2f}"
+
+
+def layers_table(recs: list[dict]) -> str:
+    rows = [[rec["config"], _worst(rec["parts"], "isolated"), _worst(rec["parts"], "propagated"),
+             ", ".join(f"{m}: {p}" for m, p in rec["first_failure"].items() if p) or "none",
+             f"![plot]({rec['plot']})" if rec.get("plot") else ""]
+            for rec in recs if rec["kind"] == "layers" and "parts" in rec]
+    return tabulate(sorted(rows), tablefmt="github", headers=[
+        "Configuration", "Isolated: worst part, error/budget", "Propagated: worst part, error/budget",
+        "First over budget", "Plot"])
+
+
+def layer_details(recs: list[dict]) -> list[str]:
+    out = []
+    for rec in sorted((r for r in recs if r["kind"] == "layers" and "parts" in r), key=lambda r: r["config"]):
+        by_part: dict[str, dict] = {}
+        for row in rec["parts"]:
+            by_part.setdefault(row["part"], {})[row["mode"]] = row
+        rows = [[part, *(f"{MARK['passed' if m[k]['passed'] else 'failed']} {m[k]['ratio']:.3f} "
+                         f"(rmse {m[k]['rmse']:.2g})" for k in ("isolated", "propagated"))]
+                for part, m in by_part.items()]
+        out += [f"<details><summary>{rec['config']}: every part</summary>", "",
+                tabulate(rows, headers=["Part", "Isolated error/budget", "Propagated error/budget"],
+                         tablefmt="github"), "", "</details>", ""]
+    return out
+
+
+def bisect_table(recs: list[dict]) -> str:
+    rows = [[rec["config"], rec.get("fault") or "", rec["layer"] or "none", rec["sub_block"] or "",
+             rec["compiles"], rec["invocations"], f"{rec['timings']['wall_s']:.1f}s"]
+            for rec in recs if rec["kind"] == "bisect" and "compiles" in rec]
+    return tabulate(rows, headers=["Configuration", "Planted fault", "First diverging part", "Sub-block",
+                                   "Compiles", "Invocations", "Wall"], tablefmt="github")
+
+
 def reproducers(recs: list[dict]) -> list[str]:
     lines = []
     for rec in recs:
@@ -61,6 +100,11 @@ def write_summary(run_dir: Path) -> Path:
              "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())), "",
              "## End to end: IREE-compiled vs eager PyTorch (same dtype), judged against an fp64 oracle", "",
              end_to_end_table(recs), ""]
+    if any(r["kind"] == "layers" for r in recs):
+        parts += ["## Layer by layer (error / budget; isolated: eager inputs, propagated: compiled chain)", "",
+                  layers_table(recs), "", *layer_details(recs)]
+    if any(r["kind"] == "bisect" for r in recs):
+        parts += ["## Bisection", "", bisect_table(recs), ""]
     failures = reproducers(recs)
     if failures:
         parts += ["## Failures and reproducers", "", *failures, ""]

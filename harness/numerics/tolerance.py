@@ -4,8 +4,17 @@ precision, both measured against an fp64 oracle (the idea of torch's accuracy ch
     error(result, oracle) <= MULTIPLE[dtype] * error(eager same-dtype, oracle) + FLOOR_ULPS * eps(dtype) * scale
 
 for two errors: RMSE (scale = RMS of the oracle) and max abs (scale = max |oracle|). The multiple
-admits a different but equally good order of rounding; the floor keeps a budget from collapsing to zero
+admits a different but legitimate order of rounding; the floor keeps a budget from collapsing to zero
 where eager happens to be (near) exact. NaN or Inf anywhere fails. No test states an atol.
+
+The multiples are calibrated on SmolLM2-135M (128 WikiText tokens), per layer and end to end:
+- fp16/bf16: the rounding of every stored activation dominates; compiled lands at 0.9-1.7x eager's
+  error at every layer, isolated or propagated. 3x is torch's choice and leaves room.
+- fp32: the order of accumulation dominates instead. IREE's data-tiled matmuls carry ~2.5x the error of
+  MKL's blocked ones, and along the propagated chain compiled/eager reaches 4.7x (RMSE) and 12.5x (max
+  abs) at layer 10, where the state nearly cancels just before SmolLM2's massive activations form. 16x.
+Real defects sit far beyond: a weight off by 12.5% or a wrong activation function is 10-1000x over
+budget; fp16 accumulators rounded at every step (IREE without data tiling) 1.4x over on a toy model.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ import torch
 from harness.dtypes import eps
 from harness.numerics import metrics
 
-MULTIPLE: dict[torch.dtype, float] = {torch.float32: 2.0, torch.float16: 3.0, torch.bfloat16: 3.0}
+MULTIPLE: dict[torch.dtype, float] = {torch.float32: 16.0, torch.float16: 3.0, torch.bfloat16: 3.0}
 FLOOR_ULPS = 1.0
 
 

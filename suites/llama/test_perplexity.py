@@ -1,0 +1,31 @@
+"""WikiText-2 perplexity, eager and compiled on the same windows: the paired gate between them and each
+engine against its golden value (harness/perplexity/gate.py says how both decide)."""
+
+import shlex
+import sys
+
+import pytest
+
+from harness.iree.stages import StageFailure
+from harness.perplexity.check import evaluate
+
+
+def test_perplexity(pipeline, write_record, pytestconfig):
+    opt = pytestconfig.getoption
+    config = pipeline.config
+    if not pipeline.spec.real_text:
+        pytest.skip(f"{config.model} is a random toy without a tokenizer")
+    nightly = opt("nightly")
+    if not nightly and config.dtype not in opt("ppl_dtypes").split(","):
+        pytest.skip(f"{config.dtype} perplexity is in the nightly tier (--nightly, or --ppl-dtypes)")
+    try:
+        rec = evaluate(pipeline, n_windows=None if nightly else opt("ppl_windows"), n_ctx=opt("ppl_n_ctx"),
+                       scheme=opt("ppl_scheme"), dataset=opt("dataset"), form=opt("text_form"),
+                       update_golden=opt("update_golden"), command=shlex.join(["pytest", *sys.argv[1:]]))
+    except StageFailure as e:
+        write_record(pipeline.record("perplexity", failure={"stage": e.stage, "message": str(e)}))
+        pytest.fail(f"{config.id}: {e}\nreproducer: {e.reproducer}", pytrace=False)
+    write_record(rec)
+    print(rec["summary"])
+    failing = [g["message"] for g in rec["gates"] if g["verdict"] != "pass"]
+    assert not failing, f"{config.id}: " + "; ".join(failing)
