@@ -34,6 +34,9 @@ TARGET_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
                                                        help="AMD GPU architecture (default gfx942)")),
     (("--iree-cuda-target",), dict(default="sm_90", help="NVIDIA GPU architecture (default sm_90)")),
     (("--iree-cpu",), dict(default="host", help="--iree-llvmcpu-target-cpu for local (default host)")),
+    (("--attention",), dict(choices=("sdpa", "math"), default="", help="attention as torch's fused SDPA or "
+                            "as matmul + softmax, in eager and compiled alike (default: math on local, sdpa on "
+                            "GPUs)")),
     (("--iree-compile-flag",), dict(action="append", default=[], help="extra iree-compile flag; repeatable")),
 ]
 PERPLEXITY_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
@@ -76,7 +79,8 @@ def _csv(values: list[str] | None, default: tuple[str, ...]) -> list[str]:
 def target(get: Callable[[str], object]) -> Target:
     return Target(hal_target_device=get("iree_hal_target_device"), cpu=get("iree_cpu"),
                   hip_target=get("iree_hip_target"), cuda_target=get("iree_cuda_target"),
-                  device_uri=get("iree_device"), extra_flags=tuple(get("iree_compile_flag")))
+                  device_uri=get("iree_device"), extra_flags=tuple(get("iree_compile_flag")),
+                  attention=get("attention"))
 
 
 def run_configs(get: Callable[[str], object]) -> list[RunConfig]:

@@ -56,7 +56,8 @@ class RunConfig:
         t = self.target
         return shlex.join(["python", "-m", "harness", "run", "--model", self.model, "--dtype", self.dtype,
                            "--tp", str(self.tp), "--seq-len", str(self.seq_len),
-                           "--iree-hal-target-device", t.hal_target_device, "--iree-device", t.device_uri])
+                           "--iree-hal-target-device", t.hal_target_device, "--iree-device", t.device_uri,
+                           *(["--attention", t.attention] if t.attention else [])])
 
 
 @dataclasses.dataclass
@@ -91,11 +92,15 @@ class Pipeline:
 
     @cached_property
     def eager(self) -> EagerEngine:
-        return variants.eager_reference(self.weights, self.dtype, self.config.eager_mode)
+        return variants.eager_reference(self.weights, self.dtype, self.config.eager_mode, self.attention)
 
     @cached_property
     def oracle(self) -> EagerEngine:
-        return variants.oracle(self.weights, self.dtype)
+        return variants.oracle(self.weights, self.dtype, self.attention)
+
+    @property
+    def attention(self) -> str:
+        return self.config.target.attention_impl
 
     @contextlib.contextmanager
     def stage(self, name: str, label: str = "forward"):
@@ -118,7 +123,7 @@ class Pipeline:
         seq_len = seq_len or self.config.seq_len
         label = program if seq_len == self.config.seq_len else f"{program}@{seq_len}"
         if label not in self._modules:
-            model = variants.build_model(self.weights, self.dtype)
+            model = variants.build_model(self.weights, self.dtype, attention=self.attention)
             if self.fault:
                 self.fault.apply(model)
             config = self.weights.config
@@ -128,6 +133,7 @@ class Pipeline:
             op_fault = self.fault.id if self.fault and self.fault.kind == "op" else ""
             weight_fault = self.fault.id if self.fault and self.fault.kind == "weight" else ""
             program_key = digest(*code, str(config.to_dict()), self.config.dtype, str(self.config.tp), program,
+                                 self.attention,
                                  op_fault, str(records.versions()),
                                  *(str(tuple(a.shape)) for e in entries for a in e.args))
             params_key = digest(*code, self.weights.sha256, self.config.dtype, str(self.config.tp), weight_fault)
@@ -150,6 +156,7 @@ class Pipeline:
         return {
             "kind": kind, "config": cfg.id, "model": cfg.model, "dtype": cfg.dtype, "tp": cfg.tp,
             "target": cfg.target.name, "device": cfg.target.device_uri, "eager_mode": cfg.eager_mode,
+            "attention": self.attention,
             "weights": ({"source": self.weights.source, "sha256": self.weights.sha256}
                         if "weights" in self.__dict__ else None),
             "stages": {k: dataclasses.asdict(v) for k, v in self.stages.items()},

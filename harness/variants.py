@@ -17,18 +17,25 @@ from harness.weights import LoadedWeights
 EAGER_MODES = ("emulated", "native")
 
 
-def build_model(weights: LoadedWeights, dtype: torch.dtype, compute_dtype: torch.dtype | None = None) -> Llama:
-    """The model with weights rounded to `dtype`, held (and computed) in `compute_dtype` (default: dtype)."""
+def build_model(weights: LoadedWeights, dtype: torch.dtype, compute_dtype: torch.dtype | None = None,
+                attention: str = "sdpa") -> Llama:
+    """The model with weights rounded to `dtype`, held (and computed) in `compute_dtype` (default: dtype),
+    its attention formulated as `attention` (harness.model.llama.ATTENTION)."""
     model = Llama(weights.config)
     model.load_state_dict({k: v.to(dtype) for k, v in weights.state_dict.items()})
+    for layer in model.layers:
+        layer.self_attn.impl = attention
     return model.to(compute_dtype or dtype).eval()
 
 
-def eager_reference(weights: LoadedWeights, dtype: torch.dtype, mode: str = "emulated") -> EagerEngine:
-    if dtype == torch.float32 or mode == "native":
-        return EagerEngine(build_model(weights, dtype), name=f"eager-{mode}")
-    return EagerEngine(build_model(weights, dtype, torch.float32), name="eager-emulated", emulated=dtype)
+def eager_reference(weights: LoadedWeights, dtype: torch.dtype, mode: str = "emulated",
+                    attention: str = "sdpa") -> EagerEngine:
+    if dtype == torch.float32:
+        return EagerEngine(build_model(weights, dtype, attention=attention), name="eager")
+    if mode == "native":
+        return EagerEngine(build_model(weights, dtype, attention=attention), name="eager-native")
+    return EagerEngine(build_model(weights, dtype, torch.float32, attention), name="eager-emulated", emulated=dtype)
 
 
-def oracle(weights: LoadedWeights, dtype: torch.dtype) -> EagerEngine:
-    return EagerEngine(build_model(weights, dtype, torch.float64), name="oracle-fp64")
+def oracle(weights: LoadedWeights, dtype: torch.dtype, attention: str = "sdpa") -> EagerEngine:
+    return EagerEngine(build_model(weights, dtype, torch.float64, attention), name="oracle-fp64")

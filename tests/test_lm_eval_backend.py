@@ -114,7 +114,7 @@ def test_model_args_ignore_lm_evals_device_and_batch_size():
     """lm-eval passes its --device (cuda:0 by default) and --batch_size along with model_args."""
     lm = HarnessEagerLM.create_from_arg_obj({"model": "toy-gqa", "max_length": 32, "tokenizer": ByteTokenizer()},
                                             {"device": "cuda:0", "batch_size": 8})
-    assert lm.max_length == 32 and lm.engine.name == "eager-emulated" and lm.static_length is None
+    assert lm.max_length == 32 and lm.engine.name == "eager" and lm.static_length is None
 
 
 def test_wikitext_local_documents_are_the_articles():

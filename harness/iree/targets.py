@@ -21,6 +21,10 @@ TARGET_FLAGS: dict[str, list[str]] = {
 }
 # The runtime driver each target device's modules run on (for checking --iree-device against it).
 TARGET_DRIVERS = {"local": ("local-task", "local-sync"), "hip": ("hip",), "cuda": ("cuda",)}
+# How attention is formulated for each target unless --attention says otherwise: IREE 3.9's fused
+# attention op is the fast path on GPUs but ~12x slower than matmul + softmax on CPU at 512 tokens
+# (SmolLM2 fp32 prefill: 27 s vs 2.2 s).
+DEFAULT_ATTENTION = {"local": "math", "hip": "sdpa", "cuda": "sdpa"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,11 +35,18 @@ class Target:
     cuda_target: str = "sm_90"
     device_uri: str = "local-task"
     extra_flags: tuple[str, ...] = ()
+    attention: str = ""  # "sdpa" or "math"; empty: DEFAULT_ATTENTION of the target
+
+    @property
+    def attention_impl(self) -> str:
+        return self.attention or DEFAULT_ATTENTION[self.hal_target_device]
 
     def __post_init__(self):
         if self.hal_target_device not in TARGET_FLAGS:
             raise HarnessError(f"--iree-hal-target-device: unknown target {self.hal_target_device!r}; "
                                f"known: {', '.join(TARGET_FLAGS)}")
+        if self.attention not in ("", "sdpa", "math"):
+            raise HarnessError(f"--attention: unknown formulation {self.attention!r}; known: sdpa, math")
         driver = self.device_uri.split("://")[0]
         if driver not in TARGET_DRIVERS[self.hal_target_device]:
             raise HarnessError(
