@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import shlex
 import sys
 from pathlib import Path
 
 from harness import end_to_end, layers, options, records, report
 from harness.errors import HarnessError
+from harness.perplexity import check as perplexity
 from harness.pipeline import Pipeline
 
 
@@ -44,6 +46,17 @@ def _bisect(p: Pipeline, run_dir: Path):
     return rec, not rec["diverged"] and not rec["propagated_first_failure"], "\n" + layers.format_bisect(rec)
 
 
+def _perplexity(args):
+    def check(p: Pipeline, run_dir: Path):
+        rec = perplexity.evaluate(p, engine=args.engine, n_windows=None if args.all else args.windows,
+                                  n_ctx=args.ppl_n_ctx, scheme=args.ppl_scheme, dataset=args.dataset,
+                                  form=args.text_form, progress=True, update_golden=args.update_golden,
+                                  command=shlex.join(["python", "-m", "harness", *sys.argv[1:]]))
+        gates = "\n".join(g["message"] for g in rec["gates"]) or "no gate applies (one engine, no golden)"
+        return rec, rec["passed"], "\n" + rec["summary"] + "\n" + gates
+    return _each_config(args, check, "perplexity")
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -53,6 +66,14 @@ def parser() -> argparse.ArgumentParser:
     bisect = sub.add_parser("bisect", help="first diverging layer and sub-block, per configuration")
     options.add_options(bisect.add_argument)
     bisect.set_defaults(func=lambda args: _each_config(args, _bisect, "bisect"))
+    ppl = sub.add_parser("perplexity", help="WikiText-2 perplexity, eager and/or compiled, with gates")
+    options.add_options(ppl.add_argument, options.ALL_OPTIONS + options.PERPLEXITY_OPTIONS)
+    ppl.add_argument("--engine", choices=perplexity.ENGINES, default="both", help="default: both")
+    windows = ppl.add_mutually_exclusive_group()
+    windows.add_argument("--windows", type=int, default=perplexity.QUICK_WINDOWS,
+                         help=f"first K windows (default {perplexity.QUICK_WINDOWS})")
+    windows.add_argument("--all", action="store_true", help="the whole file")
+    ppl.set_defaults(func=_perplexity)
     return ap
 
 

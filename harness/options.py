@@ -11,6 +11,7 @@ from typing import Callable
 from harness.errors import HarnessError
 from harness.iree.targets import Target
 from harness.models import DEFAULT_MODELS
+from harness.perplexity.check import QUICK_WINDOWS
 from harness.pipeline import RunConfig
 
 DEFAULT_DTYPES = ("fp32", "fp16", "bf16")
@@ -40,8 +41,6 @@ TARGET_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     (("--iree-compile-flag",), dict(action="append", default=[], help="extra iree-compile flag; repeatable")),
 ]
 PERPLEXITY_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
-    (("--ppl-windows",), dict(type=int, default=8, help="perplexity windows scored per configuration "
-                              "(default 8; --nightly: the whole file)")),
     (("--ppl-n-ctx",), dict(type=int, default=512, help="perplexity window length (default 512, llama.cpp's)")),
     (("--ppl-scheme",), dict(choices=("llamacpp", "rolling"), default="llamacpp",
                              help="llama.cpp's windows (default) or lm-eval's rolling windows")),
@@ -52,6 +51,8 @@ PERPLEXITY_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     (("--update-golden",), dict(action="store_true", help="rewrite golden/ perplexity values from this run")),
 ]
 SUITE_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
+    (("--ppl-windows",), dict(type=int, default=QUICK_WINDOWS, help="perplexity windows scored per "
+                              f"configuration (default {QUICK_WINDOWS}; --nightly: the whole file)")),
     (("--ppl-dtypes",), dict(default="fp32,fp16", help="dtypes whose perplexity the quick tier scores "
                              "(default fp32,fp16: IREE bf16 prefill runs at ~1 GFLOP/s on CPUs without bf16 "
                              "units, ~100 s a window); --nightly scores every dtype")),

@@ -11,9 +11,12 @@ from harness.perplexity.runner import score
 from harness.pipeline import Pipeline
 
 ENGINES = ("both", "eager", "iree")
+# The quick tier's subset: enough windows for the paired gate's power on fp32/fp16 (gate.py decides and
+# says "underpowered" otherwise), few enough for minutes on a 2-core CPU.
+QUICK_WINDOWS = 8
 
 
-def evaluate(p: Pipeline, engine: str = "both", n_windows: int | None = 8, n_ctx: int = DEFAULT_N_CTX,
+def evaluate(p: Pipeline, engine: str = "both", n_windows: int | None = QUICK_WINDOWS, n_ctx: int = DEFAULT_N_CTX,
              scheme: str = "llamacpp", dataset: str = "wikitext2", form: str = "raw", progress: bool = False,
              update_golden: bool = False, command: str = "") -> dict:
     """Score the first `n_windows` windows (all when None); returns the record, with a "gates" list."""
