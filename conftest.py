@@ -46,6 +46,15 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("run_config", configs, ids=[c.id for c in configs], scope="session")
 
 
+def pytest_collection_modifyitems(items):
+    """Under `pytest -n N --dist loadgroup`, keep a configuration's tests on one worker: they share its
+    loaded weights and compiled modules."""
+    for item in items:
+        config = getattr(item, "callspec", None) and item.callspec.params.get("run_config")
+        if config is not None:
+            item.add_marker(pytest.mark.xdist_group(config.id))
+
+
 @pytest.fixture(scope="session")
 def run_dir(pytestconfig) -> Path:
     return pytestconfig.harness_run_dir

@@ -1,0 +1,66 @@
+"""Bad input and failed stages: one line that names the option, file or stage, never a traceback; a failed
+stage keeps a reproducer and the other configurations go on."""
+
+import subprocess
+import sys
+
+import pytest
+
+from harness import end_to_end
+from harness.errors import HarnessError
+from harness.iree.runtime import create_devices
+from harness.iree.stages import StageFailure
+from harness.iree.targets import Target
+from harness.pipeline import Pipeline, RunConfig
+
+
+def harness_cli(*args, tmp_path):
+    return subprocess.run([sys.executable, "-m", "harness", *args, "--report-dir", str(tmp_path)],
+                          capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--model", "nope"], "--model: unknown model 'nope'"),
+    (["--model", "toy-gqa", "--dtype", "fp7"], "--dtype: unknown dtype 'fp7'"),
+    (["--model", "/no/such/file.gguf"], "--model /no/such/file.gguf: no such GGUF file"),
+    (["--model", "toy-gqa", "--tp", "two"], "--tp: 'two' is not a positive integer"),
+    (["--model", "toy-gqa", "--iree-device", "hip://0"], "cannot run modules compiled for --iree-hal-target-device=local"),
+])
+def test_cli_bad_input_is_one_line(args, says, tmp_path):
+    proc = harness_cli("run", *args, tmp_path=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and says in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_suite_bad_model_fails_with_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pytest", "suites/llama/test_end_to_end.py", "--model", "nope",
+                           "--dtype", "fp32", "-q", "-p", "no:cacheprovider", "--report-dir", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "--model: unknown model 'nope'" in proc.stdout and "Traceback" not in proc.stdout
+
+
+def test_device_that_cannot_be_created():
+    with pytest.raises(HarnessError, match=r"^--iree-device 'local-task://999': cannot create device"):
+        create_devices("local-task://999", 1)
+
+
+def test_compile_failure_is_a_failed_stage_with_a_reproducer():
+    p = Pipeline(RunConfig("toy-gqa", "fp32", target=Target(extra_flags=("--no-such-iree-flag",))))
+    with pytest.raises(StageFailure) as failure:
+        end_to_end.check(p)
+    assert failure.value.stage == "compile"
+    assert "--no-such-iree-flag" in str(failure.value).splitlines()[0]
+    assert failure.value.reproducer.split()[0].endswith("iree-compile")
+    assert "--no-such-iree-flag" in failure.value.reproducer
+    assert p.stages["export"].status == "passed" and p.stages["compile"].status == "failed"
+
+
+def test_cli_goes_on_after_a_failed_configuration(tmp_path):
+    proc = harness_cli("run", "--model", "toy-gqa", "--dtype", "fp32,fp16", "--iree-compile-flag=--no-such-iree-flag",
+                       tmp_path=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stdout.count("FAIL") == 2  # both configurations were tried
+    summary = next(tmp_path.glob("*/summary.md")).read_text()
+    assert "## Failures and reproducers" in summary and summary.count("iree-compile") >= 2
