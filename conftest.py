@@ -62,10 +62,12 @@ def run_dir(pytestconfig) -> Path:
 
 @pytest.fixture
 def pipeline(run_config, pytestconfig) -> Pipeline:
-    """The configuration's pipeline, shared by every suite in this process. Bad input (unknown model or
-    dtype, unreadable weights) fails the test with its one-line message."""
+    """The configuration's pipeline, shared by the suites in this process (they run one configuration at
+    a time; only the current one is kept, which bounds memory). Bad input (unknown model or dtype,
+    unreadable weights) fails the test with its one-line message."""
     cache = pytestconfig.harness_pipelines
     if run_config not in cache:
+        cache.clear()
         try:
             p = Pipeline(run_config)
             p.weights  # load now, so a bad model file fails here with its own message
