@@ -1,7 +1,7 @@
 """Time a bisection that localises a fault planted in SmolLM2-135M, cold (export and compile of the
 layers program included, in a fresh cache directory) and warm (cached program, new parameter archive).
 
-    .venv/bin/python bench/bisect.py [--model smollm2-135m] [--dtype fp32,fp16] [--layers 0,15,29]
+    .venv/bin/python bench/localise_fault.py [--model smollm2-135m] [--dtype fp32,fp16] [--layers 0,15,29]
 """
 
 from __future__ import annotations
