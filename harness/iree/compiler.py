@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,12 +19,15 @@ def compiler_version() -> str:
     return importlib.metadata.version("iree-base-compiler")
 
 
-def iree_compile_binary() -> str:
-    return shutil.which("iree-compile") or "iree-compile"
+def tool(name: str) -> str:
+    """An IREE command-line tool: the one next to this Python interpreter (a virtual environment need not
+    be activated), else the first on PATH."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return shutil.which(name, path=path) or name
 
 
 def compile_command(mlir: Path, vmfb: Path, flags: list[str]) -> list[str]:
-    return [iree_compile_binary(), str(mlir), "-o", str(vmfb), *flags]
+    return [tool("iree-compile"), str(mlir), "-o", str(vmfb), *flags]
 
 
 def compile_module(mlir: Path, flags: list[str]) -> tuple[Path, float, bool]:
@@ -33,7 +38,10 @@ def compile_module(mlir: Path, flags: list[str]) -> tuple[Path, float, bool]:
         return vmfb, 0.0, True
     tmp = vmfb.with_suffix(f".tmp{time.monotonic_ns()}")
     start = time.perf_counter()
-    proc = subprocess.run(compile_command(mlir, tmp, flags), capture_output=True, text=True)
+    try:
+        proc = subprocess.run(compile_command(mlir, tmp, flags), capture_output=True, text=True)
+    except OSError as e:  # no iree-compile to run
+        raise StageFailure("compile", f"cannot run iree-compile: {e}", shlex.join(compile_command(mlir, vmfb, flags)))
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)

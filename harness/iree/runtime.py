@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import shlex
-import shutil
 from pathlib import Path
 
 import numpy as np
 import iree.runtime as rt
 
 from harness.errors import HarnessError
+from harness.iree.compiler import tool
 from harness.iree.stages import StageFailure
 
 
@@ -72,6 +72,6 @@ class CompiledModule:
     def reproducer(self, function: str, input_files: list[Path]) -> str:
         devices = [f"--device={self.device_uri}"] * self.n_devices
         return shlex.join([
-            shutil.which("iree-run-module") or "iree-run-module", f"--module={self.vmfb}",
+            tool("iree-run-module"), f"--module={self.vmfb}",
             f"--parameters=model={self.irpa}", *devices, f"--function={function}",
             *[f"--input=@{p}" for p in input_files]])
