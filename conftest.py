@@ -14,6 +14,7 @@ import pytest
 
 from harness import options, records, report
 from harness.errors import HarnessError
+from harness.model.shard import UnfitTP
 from harness.pipeline import Pipeline
 
 
@@ -68,13 +69,28 @@ def pipeline(run_config, pytestconfig) -> Pipeline:
     cache = pytestconfig.harness_pipelines
     if run_config not in cache:
         cache.clear()
-        try:
-            p = Pipeline(run_config)
-            p.weights  # load now, so a bad model file fails here with its own message
-        except HarnessError as e:
-            pytest.fail(str(e), pytrace=False)
-        cache[run_config] = p
-    return cache[run_config]
+        cache[run_config] = _open(run_config, pytestconfig.harness_run_dir)
+    p = cache[run_config]
+    if isinstance(p, UnfitTP):
+        pytest.skip(str(p))
+    if isinstance(p, HarnessError):
+        pytest.fail(str(p), pytrace=False)
+    return p
+
+
+def _open(config, run_dir: Path) -> Pipeline | HarnessError:
+    """The configuration's pipeline with its weights loaded (so that a bad model file fails with its own
+    message), or the error that stops it. A TP size the model cannot take (e.g. --tp 8 crossed with a
+    model of 9 heads) is recorded as a skipped configuration."""
+    try:
+        p = Pipeline(config)
+        p.weights
+        return p
+    except UnfitTP as e:
+        records.append(run_dir / "records.jsonl", {"kind": "skipped", "config": config.id, "reason": str(e)})
+        return e
+    except HarnessError as e:
+        return e
 
 
 @pytest.fixture

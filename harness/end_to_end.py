@@ -1,5 +1,6 @@
 """The end-to-end check: compiled logits against eager logits in the same dtype, both against the
-fp64 oracle, judged by the tolerance policy."""
+fp64 oracle, judged by the tolerance policy. A tensor-parallel configuration is also judged against
+the compiled unsharded (TP 1) model, which isolates what sharding adds."""
 
 from __future__ import annotations
 
@@ -24,17 +25,24 @@ def check(p: Pipeline) -> dict:
         compiled, st.seconds = timed(engine.logits, p.tokens)
     eager, eager_s = timed(p.eager.logits, p.tokens)
     oracle, oracle_s = timed(p.oracle.logits, p.tokens)
+    tp1_verdict, tp1_metrics = None, {}
+    if p.config.tp > 1:
+        tp1 = p.iree_engine(tp=1).logits(p.tokens)
+        tp1_verdict = judge(compiled, tp1, oracle, p.dtype, "compiled TP 1").to_dict()
+        tp1_metrics = {"compiled_vs_tp1": metrics.compare(compiled, tp1)}
     with p.stage("numerics") as st:
         verdict = judge(compiled, eager, oracle, p.dtype)
-        st.status = "passed" if verdict.passed else "failed"
-        st.error = "" if verdict.passed else verdict.reason
+        failed = [v.reason for v in [verdict] if not v.passed] + (
+            [tp1_verdict["reason"]] if tp1_verdict and not tp1_verdict["passed"] else [])
+        st.status, st.error = ("failed", "; ".join(failed)) if failed else ("passed", "")
     return p.record(
         "end_to_end",
         inputs={"tokens": list(p.tokens.shape), "text": "wikitext-2 test, from the start" if p.spec.real_text
                 else "random ids, seed 0"},
         verdict=verdict.to_dict(),
+        verdict_vs_tp1=tp1_verdict,
         metrics={"compiled_vs_eager": metrics.compare(compiled, eager),
                  "compiled_vs_oracle": metrics.compare(compiled, oracle),
-                 "eager_vs_oracle": metrics.compare(eager, oracle)},
+                 "eager_vs_oracle": metrics.compare(eager, oracle), **tp1_metrics},
         timings={"iree_run_s": p.stages["run"].seconds, "eager_s": eager_s, "oracle_s": oracle_s},
     )

@@ -49,7 +49,7 @@ class HarnessLM(TemplateLM):
     default_engine = "iree"
 
     def __init__(self, model: str, dtype: str = "fp32", tp: int = 1, engine: str | None = None,
-                 max_length: int = 512, device: str = "local-task", target: str = "local",
+                 max_length: int = 512, device: str = "", target: str = "local",
                  eager_mode: str = "emulated", tokenizer: Tokenizer | None = None):
         """`tokenizer` is for use from Python: one to use instead of the model's (toy models have none)."""
         super().__init__()

@@ -77,7 +77,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ]
     },
 }
-DEFAULT_MODELS = ("toy-gqa", "smollm2-135m")
+DEFAULT_MODELS = ("toy-tp8", "smollm2-135m")
 
 
 def resolve(model: str) -> ModelSpec:

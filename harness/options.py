@@ -15,13 +15,22 @@ from harness.perplexity.check import QUICK_WINDOWS
 from harness.pipeline import RunConfig
 
 DEFAULT_DTYPES = ("fp32", "fp16", "bf16")
+# The matrix when --model, --dtype and --tp are all left out: every dtype unsharded, and tensor
+# parallelism on fp32 (TP 2 and 8 on the toy whose 16 / 8 heads allow 8; TP 3 on SmolLM2, whose 9 / 3
+# heads allow 1, 3 and 9). Options given alone cross with the defaults of the others.
+DEFAULT_MATRIX: tuple[tuple[str, tuple[str, ...], tuple[int, ...]], ...] = (
+    ("toy-tp8", DEFAULT_DTYPES, (1,)), ("toy-tp8", ("fp32",), (2, 8)),
+    ("smollm2-135m", DEFAULT_DTYPES, (1,)), ("smollm2-135m", ("fp32",), (3,)),
+)
 
 MATRIX_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     (("--model",), dict(action="append", help="model name, .gguf path, HF dir or hf:<id>; repeatable or "
                         f"comma-separated (default: {','.join(DEFAULT_MODELS)})")),
     (("--dtype",), dict(action="append", help=f"repeatable or comma-separated (default: {','.join(DEFAULT_DTYPES)})")),
     (("--tp", "--tensor-parallelism-size"), dict(dest="tp", action="append",
-                                                 help="tensor-parallel sizes; repeatable (default: 1)")),
+                                                 help="tensor-parallel sizes; repeatable or comma-separated "
+                                                 "(default: 1, and the TP configurations of the default "
+                                                 "matrix; a size a model's heads cannot take is skipped)")),
     (("--seq-len",), dict(type=int, default=128, help="tokens per end-to-end check (default 128)")),
     (("--eager-reference",), dict(choices=("emulated", "native"), default="emulated",
                                   help="fp16/bf16 eager reference: fp32 emulation rounding at op boundaries "
@@ -29,7 +38,9 @@ MATRIX_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
                                   "fp16/bf16 units)")),
 ]
 TARGET_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
-    (("--iree-device",), dict(default="local-task", help="runtime device URI (default local-task; hip://0, cuda)")),
+    (("--iree-device",), dict(default="", help="runtime device URI, or one per TP rank comma-separated "
+                              "(default: local-task on CPU, local-sync for several CPU devices; hip or cuda "
+                              "for GPU targets, meaning devices 0 .. TP-1)")),
     (("--iree-hal-target-device",), dict(default="local", help="local, hip or cuda (default local)")),
     (("--iree-hip-target", "--iree-rocm-target"), dict(dest="iree_hip_target", default="gfx942",
                                                        help="AMD GPU architecture (default gfx942)")),
@@ -87,11 +98,14 @@ def target(get: Callable[[str], object]) -> Target:
 def run_configs(get: Callable[[str], object]) -> list[RunConfig]:
     """The configuration matrix the options describe; `get(dest)` reads an option."""
     t = target(get)
-    configs = []
-    for model in _csv(get("model"), DEFAULT_MODELS):
-        for dtype in _csv(get("dtype"), DEFAULT_DTYPES):
-            for tp in _csv(get("tp"), ("1",)):
-                if not tp.isdigit() or int(tp) < 1:
-                    raise HarnessError(f"--tp: {tp!r} is not a positive integer")
-                configs.append(RunConfig(model, dtype, int(tp), get("seq_len"), t, get("eager_reference")))
-    return configs
+    if get("model") is None and get("dtype") is None and get("tp") is None:
+        matrix = DEFAULT_MATRIX
+    else:
+        tps = []
+        for tp in _csv(get("tp"), ("1",)):
+            if not tp.isdigit() or int(tp) < 1:
+                raise HarnessError(f"--tp: {tp!r} is not a positive integer")
+            tps.append(int(tp))
+        matrix = [(model, _csv(get("dtype"), DEFAULT_DTYPES), tps) for model in _csv(get("model"), DEFAULT_MODELS)]
+    return [RunConfig(model, dtype, tp, get("seq_len"), t, get("eager_reference"))
+            for model, dtypes, tps in matrix for dtype in dtypes for tp in tps]

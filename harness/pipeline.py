@@ -27,13 +27,14 @@ from harness.iree.export import export_program
 from harness.iree.runtime import CompiledModule
 from harness.iree.stages import StageFailure
 from harness.iree.targets import Target
+from harness.model.shard import check_tp, shard
 from harness.models import ModelSpec, resolve
 from harness.programs import PROGRAMS
 from harness import variants
 
 # Sources whose text decides what an export contains: a change to any of them invalidates the cache.
 EXPORT_SOURCES = ("harness/model/llama.py", "harness/model/config.py", "harness/model/precision.py",
-                  "harness/variants.py", "harness/faults.py", "harness/programs.py", "harness/iree/export.py",
+                  "harness/model/shard.py",                  "harness/variants.py", "harness/faults.py", "harness/programs.py", "harness/iree/export.py",
                   "harness/pipeline.py")
 SAMPLE_TEXT = PROJECT_ROOT / "harness/data/wikitext2/wiki.test.raw"
 
@@ -56,7 +57,7 @@ class RunConfig:
         t = self.target
         return shlex.join(["python", "-m", "harness", "run", "--model", self.model, "--dtype", self.dtype,
                            "--tp", str(self.tp), "--seq-len", str(self.seq_len),
-                           "--iree-hal-target-device", t.hal_target_device, "--iree-device", t.device_uri,
+                           "--iree-hal-target-device", t.hal_target_device, "--iree-device", t.device(self.tp),
                            *(["--attention", t.attention] if t.attention else [])])
 
 
@@ -79,7 +80,9 @@ class Pipeline:
 
     @cached_property
     def weights(self):
-        return self.spec.load_weights()
+        weights = self.spec.load_weights()
+        check_tp(weights.config, self.config.tp, self.config.model)
+        return weights
 
     @cached_property
     def tokens(self) -> torch.Tensor:
@@ -116,46 +119,48 @@ class Pipeline:
         finally:
             result.seconds = result.seconds or time.perf_counter() - start
 
-    def compiled(self, program: str = "forward", seq_len: int | None = None) -> CompiledModule:
-        """The compiled module of `program` for `seq_len` tokens (default: the configuration's),
-        exported and compiled on first use (or taken from the cache). Its stages are recorded as
-        "export", "compile", "run" for the end-to-end program and "<stage>:<label>" for others."""
-        seq_len = seq_len or self.config.seq_len
-        label = program if seq_len == self.config.seq_len else f"{program}@{seq_len}"
+    def compiled(self, program: str = "forward", seq_len: int | None = None, tp: int | None = None) -> CompiledModule:
+        """The compiled module of `program` for `seq_len` tokens on `tp` devices (default: the
+        configuration's), exported and compiled on first use (or taken from the cache). Its stages are
+        recorded as "export", "compile", "run" for the end-to-end program and "<stage>:<label>" for
+        others, e.g. "compile:layers", "run:forward@512", "export:forward@tp1"."""
+        seq_len, tp = seq_len or self.config.seq_len, tp or self.config.tp
+        label = program + (f"@{seq_len}" if seq_len != self.config.seq_len else "") + (
+            f"@tp{tp}" if tp != self.config.tp else "")
         if label not in self._modules:
             model = variants.build_model(self.weights, self.dtype, attention=self.attention)
             if self.fault:
                 self.fault.apply(model)
+            if tp > 1:
+                model = shard(model, tp, self.config.model)
             config = self.weights.config
             tokens = torch.zeros(1, seq_len, dtype=torch.int64)
             entries = PROGRAMS[program](tokens, config.n_layers, config.dim)
             code = [PROJECT_ROOT.joinpath(s).read_bytes() for s in EXPORT_SOURCES]
             op_fault = self.fault.id if self.fault and self.fault.kind == "op" else ""
             weight_fault = self.fault.id if self.fault and self.fault.kind == "weight" else ""
-            program_key = digest(*code, str(config.to_dict()), self.config.dtype, str(self.config.tp), program,
-                                 self.attention,
-                                 op_fault, str(records.versions()),
+            program_key = digest(*code, str(config.to_dict()), self.config.dtype, str(tp), program,
+                                 self.attention, op_fault, str(records.versions()),
                                  *(str(tuple(a.shape)) for e in entries for a in e.args))
-            params_key = digest(*code, self.weights.sha256, self.config.dtype, str(self.config.tp), weight_fault)
+            params_key = digest(*code, self.weights.sha256, self.config.dtype, str(tp), weight_fault)
             with self.stage("export", label) as st:
                 exported = export_program(model, entries, program_key, params_key, self.config.command())
                 st.seconds, st.cached = exported.seconds, exported.cached
-            flags = self.config.target.compile_flags(self.config.tp)
+            flags = self.config.target.compile_flags(tp)
             with self.stage("compile", label) as st:
                 vmfb, st.seconds, st.cached = compile_module(exported.mlir, flags)
             with self.stage("run", label):
-                self._modules[label] = CompiledModule(vmfb, exported.irpa, self.config.target.device_uri,
-                                                      self.config.tp)
+                self._modules[label] = CompiledModule(vmfb, exported.irpa, self.config.target.device(tp), tp)
         return self._modules[label]
 
-    def iree_engine(self, seq_len: int | None = None) -> IreeEngine:
-        return IreeEngine(self.compiled("forward", seq_len))
+    def iree_engine(self, seq_len: int | None = None, tp: int | None = None) -> IreeEngine:
+        return IreeEngine(self.compiled("forward", seq_len, tp))
 
     def record(self, kind: str, **fields) -> dict:
         cfg = self.config
         return {
             "kind": kind, "config": cfg.id, "model": cfg.model, "dtype": cfg.dtype, "tp": cfg.tp,
-            "target": cfg.target.name, "device": cfg.target.device_uri, "eager_mode": cfg.eager_mode,
+            "target": cfg.target.name, "device": cfg.target.device(cfg.tp), "eager_mode": cfg.eager_mode,
             "attention": self.attention,
             "weights": ({"source": self.weights.source, "sha256": self.weights.sha256}
                         if "weights" in self.__dict__ else None),

@@ -30,6 +30,14 @@ def _numerics_cell(rec: dict) -> str:
             f"{verdict['ratio']:.2f} of budget")
 
 
+def _tp1_cell(rec: dict) -> str:
+    verdict, m = rec.get("verdict_vs_tp1"), rec.get("metrics", {}).get("compiled_vs_tp1")
+    if not verdict or not m:
+        return ""
+    mark = MARK["passed"] if verdict["passed"] else MARK["failed"]
+    return f"{mark} max abs {m['max_abs']:.2g}, top-1 {m['top1']:.1%}, {verdict['ratio']:.2f} of budget"
+
+
 def end_to_end_table(recs: list[dict]) -> str:
     rows = []
     for rec in recs:
@@ -37,11 +45,12 @@ def end_to_end_table(recs: list[dict]) -> str:
             continue
         stages = rec["stages"]
         total = sum(s["seconds"] for s in stages.values())
-        rows.append([rec["config"], _stage_cell(stages.get("export")), _stage_cell(stages.get("compile")),
-                     _stage_cell(stages.get("run")), _numerics_cell(rec), f"{total:.1f}s"])
+        rows.append([rec["config"], rec["tp"], _stage_cell(stages.get("export")),
+                     _stage_cell(stages.get("compile")), _stage_cell(stages.get("run")), _numerics_cell(rec),
+                     _tp1_cell(rec), f"{total:.1f}s"])
     rows.sort(key=lambda r: r[0])
-    return tabulate(rows, headers=["Configuration", "Export", "Compile", "Run", "Numerics vs eager", "Time"],
-                    tablefmt="github")
+    return tabulate(rows, headers=["Configuration", "TP", "Export", "Compile", "Run", "Numerics vs eager",
+                                   "Compiled TP N vs compiled TP 1", "Time"], tablefmt="github")
 
 
 def _worst(parts: list[dict], mode: str) -> str:
@@ -95,7 +104,7 @@ def reproducers(recs: list[dict]) -> list[str]:
 
 def write_summary(run_dir: Path) -> Path:
     recs = records.read(run_dir / "records.jsonl")
-    versions = recs[0]["versions"] if recs else {}
+    versions = next((r["versions"] for r in recs if "versions" in r), {})
     parts = [f"# Harness run `{run_dir.name}`", "",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())), "",
              "## End to end: IREE-compiled vs eager PyTorch (same dtype), judged against an fp64 oracle", "",
@@ -105,6 +114,9 @@ def write_summary(run_dir: Path) -> Path:
                   layers_table(recs), "", *layer_details(recs)]
     if any(r["kind"] == "bisect" for r in recs):
         parts += ["## Bisection", "", bisect_table(recs), ""]
+    skipped = sorted({f"- `{r['config']}`: {r['reason']}" for r in recs if r["kind"] == "skipped"})
+    if skipped:
+        parts += ["## Skipped configurations", "", *skipped, ""]
     failures = reproducers(recs)
     if failures:
         parts += ["## Failures and reproducers", "", *failures, ""]

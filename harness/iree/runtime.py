@@ -13,21 +13,27 @@ from harness.iree.compiler import tool
 from harness.iree.stages import StageFailure
 
 
+def device_uris(uri: str, count: int) -> list[str]:
+    """The `count` device URIs that `--iree-device` names: a comma-separated list of exactly `count`
+    ("hip://0,hip://1"), or one URI standing for all of them: a CPU driver ("local-task") gives that
+    many CPU devices, a GPU driver ("hip") its devices 0 .. count-1 ("hip://0" ...)."""
+    uris = [u for u in uri.split(",") if u]
+    if len(uris) > 1 and len(uris) != count:
+        raise HarnessError(f"--iree-device {uri!r}: {len(uris)} devices listed, the module needs {count} "
+                           f"(--tp {count})")
+    if len(uris) == 1 and count > 1 and not uri.startswith("local"):
+        return [f"{uri.split('://')[0]}://{i}" for i in range(count)]
+    return uris * (count // len(uris))
+
+
 def create_devices(uri: str, count: int) -> list[rt.HalDevice]:
-    """`count` devices for `uri` ("local-task", "hip://0", "cuda", ...). A URI without an index gives
-    the driver's devices in order; on local-task every device is one more CPU device."""
+    """`count` devices for `uri` (see `device_uris`)."""
+    uris = device_uris(uri, count)
     try:
-        if count == 1:
-            return [rt.get_device(uri)]
-        driver = rt.get_driver(uri.split("://")[0])
-        infos = driver.query_available_devices()
-        if uri.startswith("local"):
-            return [driver.create_default_device() for _ in range(count)]
-        if len(infos) < count:
-            raise HarnessError(f"--iree-device {uri!r}: {count} devices needed, {len(infos)} available")
-        return [driver.create_device(info) for info in infos[:count]]
-    except HarnessError:
-        raise
+        if len(set(uris)) == len(uris):
+            return [rt.get_device(u) for u in uris]
+        driver = rt.get_driver(uris[0].split("://")[0])  # one CPU URI, repeated: a new device for each
+        return [driver.create_default_device() for _ in uris]
     except Exception as e:  # noqa: BLE001 - the runtime raises bare RuntimeError/ValueError
         raise HarnessError(f"--iree-device {uri!r}: cannot create device: {e}".splitlines()[0]) from e
 
@@ -70,7 +76,7 @@ class CompiledModule:
         return paths
 
     def reproducer(self, function: str, input_files: list[Path]) -> str:
-        devices = [f"--device={self.device_uri}"] * self.n_devices
+        devices = [f"--device={u}" for u in device_uris(self.device_uri, self.n_devices)]
         return shlex.join([
             tool("iree-run-module"), f"--module={self.vmfb}",
             f"--parameters=model={self.irpa}", *devices, f"--function={function}",

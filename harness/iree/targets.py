@@ -25,6 +25,12 @@ TARGET_DRIVERS = {"local": ("local-task", "local-sync"), "hip": ("hip",), "cuda"
 # attention op is the fast path on GPUs but ~12x slower than matmul + softmax on CPU at 512 tokens
 # (SmolLM2 fp32 prefill: 27 s vs 2.2 s).
 DEFAULT_ATTENTION = {"local": "math", "hip": "sdpa", "cuda": "sdpa"}
+# The runtime device (for one device, and for several) unless --iree-device says otherwise. Several
+# CPU devices are local-sync: IREE 3.9's runtime segfaults calling the layers program (TP's many
+# cross-device transfers) on 8 local-task devices; 2 and 4 work, and are faster (SmolLM2 TP 3 prefill
+# of 128 tokens: 0.90 s local-task, 1.36 s local-sync). A GPU driver's URI without an index means
+# its devices 0 .. N-1 (runtime.device_uris).
+DEFAULT_DEVICE = {"local": ("local-task", "local-sync"), "hip": ("hip", "hip"), "cuda": ("cuda", "cuda")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +39,7 @@ class Target:
     cpu: str = "host"
     hip_target: str = "gfx942"
     cuda_target: str = "sm_90"
-    device_uri: str = "local-task"
+    device_uri: str = ""  # empty: DEFAULT_DEVICE of the target
     extra_flags: tuple[str, ...] = ()
     attention: str = ""  # "sdpa" or "math"; empty: DEFAULT_ATTENTION of the target
 
@@ -41,14 +47,18 @@ class Target:
     def attention_impl(self) -> str:
         return self.attention or DEFAULT_ATTENTION[self.hal_target_device]
 
+    def device(self, n_devices: int = 1) -> str:
+        """The --iree-device URI(s) to run on `n_devices` devices."""
+        return self.device_uri or DEFAULT_DEVICE[self.hal_target_device][n_devices > 1]
+
     def __post_init__(self):
         if self.hal_target_device not in TARGET_FLAGS:
             raise HarnessError(f"--iree-hal-target-device: unknown target {self.hal_target_device!r}; "
                                f"known: {', '.join(TARGET_FLAGS)}")
         if self.attention not in ("", "sdpa", "math"):
             raise HarnessError(f"--attention: unknown formulation {self.attention!r}; known: sdpa, math")
-        driver = self.device_uri.split("://")[0]
-        if driver not in TARGET_DRIVERS[self.hal_target_device]:
+        drivers = {u.split("://")[0] for u in self.device().split(",") if u}
+        if not drivers or not drivers <= set(TARGET_DRIVERS[self.hal_target_device]):
             raise HarnessError(
                 f"--iree-device {self.device_uri!r} cannot run modules compiled for "
                 f"--iree-hal-target-device={self.hal_target_device} (expected a "

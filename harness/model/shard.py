@@ -66,6 +66,11 @@ from harness.model.llama import (ATTENTION, SUB_BLOCKS, Attention, DecoderLayer,
 # --- which sizes fit, and who holds what ---------------------------------------------------------------
 
 
+class UnfitTP(HarnessError):
+    """A tensor-parallel size the model's heads cannot be split into: the suites skip that
+    configuration (a --tp crossed with the default models), naming the constraint."""
+
+
 def check_tp(config: LlamaConfig, tp: int, model: str = "the model") -> None:
     """Raise HarnessError, one line naming the constraint, unless `config` shards `tp` ways.
 
@@ -76,9 +81,9 @@ def check_tp(config: LlamaConfig, tp: int, model: str = "the model") -> None:
     if tp < 1:
         raise HarnessError(f"--tp {tp}: the tensor-parallel size must be a positive integer")
     if config.n_heads % tp:
-        raise HarnessError(f"--tp {tp}: {model} has {config.n_heads} query heads, not divisible by {tp}")
+        raise UnfitTP(f"--tp {tp}: {model} has {config.n_heads} query heads, not divisible by {tp}")
     if config.n_kv_heads % tp and tp % config.n_kv_heads:
-        raise HarnessError(
+        raise UnfitTP(
             f"--tp {tp}: {model} has {config.n_kv_heads} KV heads; the TP size must divide them or be a "
             f"multiple of them (whole KV heads are replicated), and {tp} is neither")
 

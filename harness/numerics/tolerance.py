@@ -47,13 +47,15 @@ def budget(eager_error: float, scale: float, dtype: torch.dtype) -> float:
     return MULTIPLE[dtype] * eager_error + FLOOR_ULPS * eps(dtype) * scale
 
 
-def judge(result: torch.Tensor, eager: torch.Tensor, oracle: torch.Tensor, dtype: torch.dtype) -> Verdict:
-    """Judge `result` (e.g. the compiled output) for a model run in `dtype`."""
+def judge(result: torch.Tensor, eager: torch.Tensor, oracle: torch.Tensor, dtype: torch.dtype,
+          reference: str = "eager") -> Verdict:
+    """Judge `result` (e.g. the compiled output) for a model run in `dtype`, against the error of
+    `eager` (or of another `reference`, so named in the reason: e.g. the compiled TP 1 model)."""
     if not metrics.all_finite(result):
         n_bad = int((~torch.isfinite(result)).sum())
         return Verdict(False, f"{n_bad} non-finite values (NaN/Inf)", float("inf"), {}, {})
     if not metrics.all_finite(eager):
-        return Verdict(False, "the eager reference itself has NaN/Inf", float("inf"), {}, {})
+        return Verdict(False, f"the {reference} reference itself has NaN/Inf", float("inf"), {}, {})
     errors = {"rmse": metrics.rmse(result, oracle), "max_abs": metrics.max_abs(result, oracle)}
     budgets = {
         "rmse": budget(metrics.rmse(eager, oracle), metrics.rms(oracle), dtype),
@@ -63,6 +65,6 @@ def judge(result: torch.Tensor, eager: torch.Tensor, oracle: torch.Tensor, dtype
     worst = max(ratios, key=ratios.get)
     passed = ratios[worst] <= 1.0
     reason = (f"{worst} vs fp64 oracle {errors[worst]:.3g} {'<=' if passed else '>'} budget "
-              f"{budgets[worst]:.3g} ({MULTIPLE[dtype]:g} x eager {str(dtype).removeprefix('torch.')} error + "
+              f"{budgets[worst]:.3g} ({MULTIPLE[dtype]:g} x {reference} {str(dtype).removeprefix('torch.')} error + "
               f"{FLOOR_ULPS:g} ulp floor)")
     return Verdict(passed, reason, ratios[worst], errors, budgets)

@@ -1,5 +1,6 @@
 """End to end: the IREE-compiled model's logits against eager PyTorch in the same dtype, both judged
-against an fp64 oracle by the tolerance policy (harness/numerics/tolerance.py)."""
+against an fp64 oracle by the tolerance policy (harness/numerics/tolerance.py); with --tp N > 1, also
+against the compiled TP 1 model."""
 
 import pytest
 
@@ -14,5 +15,6 @@ def test_end_to_end(pipeline, write_record):
         write_record(pipeline.record("end_to_end", failure={"stage": e.stage, "message": str(e)}))
         pytest.fail(f"{pipeline.config.id}: {e}\nreproducer: {e.reproducer}", pytrace=False)
     write_record(rec)
-    verdict = rec["verdict"]
+    verdict, vs_tp1 = rec["verdict"], rec["verdict_vs_tp1"]
     assert verdict["passed"], f"{pipeline.config.id}: compiled logits: {verdict['reason']}"
+    assert vs_tp1 is None or vs_tp1["passed"], f"{pipeline.config.id}: compiled logits vs TP 1: {vs_tp1['reason']}"
