@@ -1,7 +1,8 @@
 """pytest options, the configuration matrix and the run's report directory.
 
-Every test that takes a `run_config` argument is parametrized over --model x --dtype x --tp; its id
-names the configuration (e.g. `smollm2-135m-bf16-tp1`). Records go to `<report-dir>/<run>/records.jsonl`
+Every test that takes a `run_config` argument is parametrized over --model x --dtype x --tp (or, with
+none of them given, the default matrix of harness/options.py, whose entries name the checks they run:
+`test_<check>`); its id names the configuration (e.g. `smollm2-135m-bf16-tp1`). Records go to `<report-dir>/<run>/records.jsonl`
 and `summary.md` is written when the session ends (by the controller alone under pytest-xdist).
 """
 
@@ -40,8 +41,10 @@ def pytest_configure_node(node):
 def pytest_generate_tests(metafunc):
     if "run_config" not in metafunc.fixturenames:
         return
+    get = metafunc.config.getoption
+    check = None if get("nightly") else metafunc.function.__name__.removeprefix("test_")  # e.g. "layers"
     try:
-        configs = options.run_configs(metafunc.config.getoption)
+        configs = options.run_configs(get, check)
     except HarnessError as e:
         raise pytest.UsageError(str(e)) from None
     metafunc.parametrize("run_config", configs, ids=[c.id for c in configs], scope="session")
