@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import options, records, report
+from harness import expected, options, records, report, trend
 from harness.errors import HarnessError
+from harness.iree.stages import StageFailure
 from harness.model.shard import UnfitTP
 from harness.pipeline import Pipeline
 
@@ -24,14 +25,22 @@ def pytest_addoption(parser):
                         options.ALL_OPTIONS + options.PERPLEXITY_OPTIONS + options.SUITE_OPTIONS)
 
 
+@pytest.hookimpl(tryfirst=True)  # before junitxml reads its path
 def pytest_configure(config):
     if hasattr(config, "workerinput"):  # an xdist worker writes into its controller's run directory
         run_dir = config.workerinput["harness_run_dir"]
     else:
         name = config.getoption("run_name") or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = str(Path(config.getoption("report_dir")) / name)
+        if not config.option.xmlpath:
+            config.option.xmlpath = str(Path(run_dir) / "junit.xml")
     config.harness_run_dir = Path(run_dir)
     config.harness_pipelines = {}
+    try:
+        config.harness_expected = expected.load(Path(config.getoption("expected_failures")))
+        config.harness_shard = config.getoption("shard") and options.parse_shard(config.getoption("shard"))
+    except HarnessError as e:
+        raise pytest.UsageError(str(e)) from None
 
 
 def pytest_configure_node(node):
@@ -50,13 +59,25 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("run_config", configs, ids=[c.id for c in configs], scope="session")
 
 
-def pytest_collection_modifyitems(items):
-    """Under `pytest -n N --dist loadgroup`, keep a configuration's tests on one worker: they share its
-    loaded weights and compiled modules."""
+def _run_config(item):
+    return getattr(item, "callspec", None) and item.callspec.params.get("run_config")
+
+
+def pytest_collection_modifyitems(config, items):
+    """`--shard i/N` keeps the i-th of N interleaved slices of the configurations (tests without one go
+    to shard 1). Under `pytest -n N --dist loadgroup`, a configuration's tests stay on one worker: they
+    share its loaded weights and compiled modules."""
+    if config.harness_shard:
+        index, count = config.harness_shard
+        configs = [_run_config(item) for item in items]
+        ids = list(dict.fromkeys(c.id for c in configs if c is not None))
+        slots = [ids.index(c.id) if c is not None else 0 for c in configs]
+        config.hook.pytest_deselected(items=[item for item, s in zip(items, slots) if s % count != index])
+        items[:] = [item for item, s in zip(items, slots) if s % count == index]
     for item in items:
-        config = getattr(item, "callspec", None) and item.callspec.params.get("run_config")
-        if config is not None:
-            item.add_marker(pytest.mark.xdist_group(config.id))
+        run_config = _run_config(item)
+        if run_config is not None:
+            item.add_marker(pytest.mark.xdist_group(run_config.id))
 
 
 @pytest.fixture(scope="session")
@@ -103,15 +124,64 @@ def write_record(run_dir):
     return write
 
 
+class Conclusion:
+    """How a suite's check of a configuration ends, under golden/expected_failures.toml (harness/expected.py):
+    failures that entries cover xfail (recorded with their issue), others fail, and a pass that an entry
+    covers fails as an unexpected pass."""
+
+    def __init__(self, entries: list[expected.Expected], pipeline: Pipeline, check: str, write_record):
+        self.entries, self.pipeline, self.check, self.write = entries, pipeline, check, write_record
+
+    def stage_failed(self, e: StageFailure) -> None:
+        self.write(self.pipeline.record(self.check, failure={"stage": e.stage, "message": str(e)}))
+        self([(e.stage, f"{e}\nreproducer: {e.reproducer}")])
+
+    def __call__(self, failures: list[tuple[str, str]]) -> None:
+        """`failures`: (stage, message) pairs; none means the check passed."""
+        cid = self.pipeline.config.id
+        if failures:
+            hits = [expected.match(self.entries, cid, self.check, stage, msg) for stage, msg in failures]
+            uncovered = [msg for (_, msg), hit in zip(failures, hits) if hit is None]
+            if uncovered:
+                pytest.fail(f"{cid}: " + "\n".join(uncovered), pytrace=False)
+            for (stage, msg), hit in zip(failures, hits):
+                self.write({"kind": "expected_failure", "config": cid, "check": self.check, "stage": stage,
+                            "message": msg.splitlines()[0], "issue": hit.issue})
+            pytest.xfail(f"expected failure ({hits[0].issue}): {failures[0][1].splitlines()[0]}")
+        stale = expected.covering(self.entries, cid, self.check)
+        if stale:
+            self.write({"kind": "unexpected_pass", "config": cid, "check": self.check, "issue": stale[0].issue})
+            pytest.fail(f"{cid}: {self.check} passed, but {self.check} of {stale[0].config} is listed as an "
+                        f"expected {stale[0].stage} failure ({stale[0].issue}): remove the entry", pytrace=False)
+
+
+@pytest.fixture
+def conclude(request, pipeline, write_record) -> Conclusion:
+    return Conclusion(request.config.harness_expected, pipeline, request.function.__name__.removeprefix("test_"),
+                      write_record)
+
+
 def pytest_sessionfinish(session):
     if hasattr(session.config, "workerinput"):
         return
     run_dir = session.config.harness_run_dir
-    if (run_dir / "records.jsonl").exists():
-        report.write_summary(run_dir)
+    if not (run_dir / "records.jsonl").exists():
+        return
+    report.write_summary(run_dir)
+    if session.config.getoption("diff_previous"):
+        try:
+            text, passed = trend.diff(trend.previous_run(run_dir), run_dir)
+        except HarnessError as e:
+            text, passed = f"report diff: {e}", True
+        (run_dir / "diff.md").write_text(text)
+        if not passed:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    summary = config.harness_run_dir / "summary.md"
-    if summary.exists():
-        terminalreporter.write_sep("-", f"harness report: {summary}")
+    run_dir = config.harness_run_dir
+    if (run_dir / "diff.md").exists():
+        terminalreporter.write_sep("-", "harness: diff against the previous run")
+        terminalreporter.write_line((run_dir / "diff.md").read_text())
+    if (run_dir / "summary.md").exists():
+        terminalreporter.write_sep("-", f"harness report: {run_dir / 'summary.md'} (and summary.html)")

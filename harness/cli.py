@@ -9,7 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from harness import end_to_end, layers, options, records, report
+from harness import end_to_end, layers, options, records, report, trend
 from harness.errors import HarnessError
 from harness.model.shard import UnfitTP
 from harness.perplexity import check as perplexity
@@ -62,6 +62,36 @@ def _perplexity(args):
     return _each_config(args, check, "perplexity")
 
 
+def _report_diff(args) -> int:
+    new = Path(args.runs[-1])
+    old = Path(args.runs[0]) if len(args.runs) == 2 else trend.previous_run(new) if args.previous else None
+    if old is None or len(args.runs) > 2:
+        raise HarnessError("report diff: give OLD NEW, or --previous NEW")
+    text, passed = trend.diff(old, new)
+    print(text)
+    if args.out:
+        with open(args.out, "a") as f:  # e.g. $GITHUB_STEP_SUMMARY, which other steps also append to
+            f.write(text + "\n")
+    return 0 if passed else 1
+
+
+def _report_parser(sub) -> None:
+    rep = sub.add_parser("report", help="views of runs: diff (the nightly gate), merge, summary")
+    rsub = rep.add_subparsers(dest="report_command", required=True)
+    diff = rsub.add_parser("diff", help="new failures, fixes and changes beyond noise; exit 1 on a regression")
+    diff.add_argument("runs", nargs="+", metavar="RUN", help="OLD NEW run directories, or NEW with --previous")
+    diff.add_argument("--previous", action="store_true", help="diff NEW against the newest older run beside it")
+    diff.add_argument("--out", help="also append the markdown to this file (e.g. $GITHUB_STEP_SUMMARY)")
+    diff.set_defaults(func=_report_diff)
+    merge = rsub.add_parser("merge", help="join the runs of matrix shards (--shard i/N) into one")
+    merge.add_argument("out", help="the merged run directory")
+    merge.add_argument("runs", nargs="+", metavar="RUN")
+    merge.set_defaults(func=lambda args: print(report.merge(Path(args.out), [Path(r) for r in args.runs])) or 0)
+    summary = rsub.add_parser("summary", help="rewrite summary.md and summary.html of a run")
+    summary.add_argument("run")
+    summary.set_defaults(func=lambda args: print(report.write_summary(Path(args.run))) or 0)
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -79,6 +109,7 @@ def parser() -> argparse.ArgumentParser:
                          help=f"first K windows (default {perplexity.QUICK_WINDOWS})")
     windows.add_argument("--all", action="store_true", help="the whole file")
     ppl.set_defaults(func=_perplexity)
+    _report_parser(sub)
     return ap
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from harness import expected
 from harness.errors import HarnessError
 from harness.iree.targets import Target
 from harness.models import DEFAULT_MODELS
@@ -71,6 +72,12 @@ SUITE_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
                              "(default fp32,fp16: IREE bf16 prefill runs at ~1 GFLOP/s on CPUs without bf16 "
                              "units, ~100 s a window); --nightly scores every dtype")),
     (("--nightly",), dict(action="store_true", help="nightly tier: whole-file perplexity for every dtype")),
+    (("--expected-failures",), dict(default=str(expected.DEFAULT_FILE), help="the reviewed list of known "
+                                    "failures (default golden/expected_failures.toml)")),
+    (("--shard",), dict(default=None, help="i/N: run the i-th of N slices of the configuration matrix (CI "
+                        "machines in parallel; join their runs with `python -m harness report merge`)")),
+    (("--diff-previous",), dict(action="store_true", help="diff this run against the previous one in "
+                                "--report-dir (diff.md) and fail the session on a regression")),
     (("--bisect-on-fail",), dict(action="store_true", help="bisect a configuration whose layer check fails "
                                  "to its first diverging layer and sub-block")),
 ]
@@ -89,6 +96,14 @@ def add_options(add: Callable, options=ALL_OPTIONS) -> None:
 
 def _csv(values: list[str] | None, default: tuple[str, ...]) -> list[str]:
     return [v for value in (values or default) for v in value.split(",") if v]
+
+
+def parse_shard(value: str) -> tuple[int, int]:
+    """`--shard i/N` as (i - 1, N)."""
+    i, _, n = value.partition("/")
+    if not (i.isdigit() and n.isdigit() and 1 <= int(i) <= int(n)):
+        raise HarnessError(f"--shard {value!r}: expected i/N with 1 <= i <= N, e.g. 2/4")
+    return int(i) - 1, int(n)
 
 
 def target(get: Callable[[str], object]) -> Target:

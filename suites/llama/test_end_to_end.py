@@ -2,19 +2,15 @@
 against an fp64 oracle by the tolerance policy (harness/numerics/tolerance.py); with --tp N > 1, also
 against the compiled TP 1 model."""
 
-import pytest
-
 from harness import end_to_end
 from harness.iree.stages import StageFailure
 
 
-def test_end_to_end(pipeline, write_record):
+def test_end_to_end(pipeline, write_record, conclude):
     try:
         rec = end_to_end.check(pipeline)
     except StageFailure as e:
-        write_record(pipeline.record("end_to_end", failure={"stage": e.stage, "message": str(e)}))
-        pytest.fail(f"{pipeline.config.id}: {e}\nreproducer: {e.reproducer}", pytrace=False)
+        conclude.stage_failed(e)
     write_record(rec)
-    verdict, vs_tp1 = rec["verdict"], rec["verdict_vs_tp1"]
-    assert verdict["passed"], f"{pipeline.config.id}: compiled logits: {verdict['reason']}"
-    assert vs_tp1 is None or vs_tp1["passed"], f"{pipeline.config.id}: compiled logits vs TP 1: {vs_tp1['reason']}"
+    verdicts = {"compiled logits": rec["verdict"], "compiled logits vs TP 1": rec["verdict_vs_tp1"]}
+    conclude([("numerics", f"{what}: {v['reason']}") for what, v in verdicts.items() if v and not v["passed"]])

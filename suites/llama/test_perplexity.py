@@ -10,7 +10,7 @@ from harness.iree.stages import StageFailure
 from harness.perplexity.check import evaluate
 
 
-def test_perplexity(pipeline, write_record, pytestconfig):
+def test_perplexity(pipeline, write_record, pytestconfig, conclude):
     opt = pytestconfig.getoption
     config = pipeline.config
     if not pipeline.spec.real_text:
@@ -23,9 +23,7 @@ def test_perplexity(pipeline, write_record, pytestconfig):
                        scheme=opt("ppl_scheme"), dataset=opt("dataset"), form=opt("text_form"),
                        update_golden=opt("update_golden"), command=shlex.join(["pytest", *sys.argv[1:]]))
     except StageFailure as e:
-        write_record(pipeline.record("perplexity", failure={"stage": e.stage, "message": str(e)}))
-        pytest.fail(f"{config.id}: {e}\nreproducer: {e.reproducer}", pytrace=False)
+        conclude.stage_failed(e)
     write_record(rec)
     print(rec["summary"])
-    failing = [g["message"] for g in rec["gates"] if g["verdict"] != "pass"]
-    assert not failing, f"{config.id}: " + "; ".join(failing)
+    conclude([("perplexity", g["message"]) for g in rec["gates"] if g["verdict"] != "pass"])

@@ -1,0 +1,166 @@
+"""The nightly gate's tooling: `report diff` flips on a planted regression and not on clean reruns,
+expected failures xfail and go stale loudly, records survive parallel writers and interruption, shards
+partition the matrix and merge back into one report."""
+
+import copy
+import json
+import multiprocessing
+import subprocess
+import sys
+
+import pytest
+
+from harness import end_to_end, expected, records, report, trend
+from harness.errors import HarnessError
+from harness.faults import weight_fault
+from harness.pipeline import Pipeline, RunConfig
+
+
+def write_run(path, recs):
+    for rec in recs:
+        records.append(path / "records.jsonl", rec)
+    return path
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def toy_records():
+    """Two clean end-to-end runs of the same configuration, and one with a weight planted in the
+    compiled model only (a compiler regression, as far as the harness can tell)."""
+    config = RunConfig("toy-gqa", "fp32")
+    clean = [end_to_end.check(Pipeline(config)) for _ in range(2)]
+    return clean, end_to_end.check(Pipeline(config, fault=weight_fault(1, "v_proj")))
+
+
+def test_clean_reruns_pass_the_gate(toy_records, tmp_path):
+    (first, second), _ = toy_records
+    old, new = write_run(tmp_path / "old", [first]), write_run(tmp_path / "new", [second])
+    text, passed = trend.diff(old, new)
+    assert passed and "no regression in 1 checks; 0 other change(s)" in text
+    assert cli("report", "diff", str(old), str(new)).returncode == 0
+
+
+def test_planted_regression_flips_the_gate(toy_records, tmp_path):
+    (first, _), faulty = toy_records
+    assert not faulty["verdict"]["passed"]
+    old, new = write_run(tmp_path / "run1", [first]), write_run(tmp_path / "run2", [faulty])
+    text, passed = trend.diff(old, new)
+    assert not passed
+    assert "| end_to_end | toy-gqa-fp32-tp1 | passed -> failed |" in text
+    proc = cli("report", "diff", "--previous", str(new), "--out", str(tmp_path / "step-summary.md"))
+    assert proc.returncode == 1 and "Regressions" in (tmp_path / "step-summary.md").read_text()
+
+
+def ratio_record(ratio: float) -> dict:
+    return {"kind": "end_to_end", "config": "m-fp16-tp1", "dtype": "fp16", "stages": {},
+            "verdict": {"passed": ratio <= 1, "ratio": ratio}}
+
+
+@pytest.mark.parametrize("old, new, regression", [
+    (0.30, 0.31, False),  # within noise
+    (0.30, 0.50, False),  # +0.2 of the budget: below the step
+    (0.30, 0.60, True),   # +0.3 and 2x: a regression though it still passes
+    (0.60, 0.20, False),  # better
+])
+def test_error_ratio_changes(old, new, regression):
+    changes = trend.compare([ratio_record(old)], [ratio_record(new)])
+    assert any(c.regression for c in changes) == regression, changes
+
+
+def ppl_record(ppl_iree: float, n_tokens: int = 2040, window_se: float = 0.1) -> dict:
+    engine = lambda name, ppl: {"name": name, "ppl": {"value": ppl, "se": 1.0}, "nll_window_se": window_se}
+    return {"kind": "perplexity", "config": "m-fp16-tp1", "dtype": "fp16", "passed": True, "stages": {},
+            "protocol": {"dataset_sha256": "x", "scheme": "llamacpp", "n_ctx": 512},
+            "stats": {"n_tokens": n_tokens, "engines": [engine("eager", 20.0), engine("iree", ppl_iree)]}}
+
+
+@pytest.mark.parametrize("new, regression", [
+    (ppl_record(20.0 * (1 + 5e-4)), False),  # half the fp16 budget (1e-3 nats) on the same windows
+    (ppl_record(20.0 * (1 + 3e-3)), True),   # 3 budgets on the same windows
+    (ppl_record(20.0 * 1.05, n_tokens=4080), False),  # more windows: sampling moved it, within 3 SE
+    (ppl_record(20.0 * 1.30, n_tokens=4080), True),   # beyond sampling
+])
+def test_perplexity_changes_use_the_records_uncertainty(new, regression):
+    changes = trend.compare([ppl_record(20.0)], [new])
+    assert any(c.regression for c in changes) == regression, changes
+
+
+def test_a_known_failure_is_not_a_new_one():
+    known = {"kind": "expected_failure", "config": "m-fp16-tp1", "check": "end_to_end", "stage": "numerics",
+             "message": "x", "issue": "https://example.org/1"}
+    changes = trend.compare([ratio_record(0.3)], [ratio_record(3.0), known])
+    assert [(c.what, c.regression) for c in changes] == [("passed -> known failure", False)]
+
+
+def test_expected_failures_file_is_validated(tmp_path):
+    path = tmp_path / "expected.toml"
+    path.write_text('[[expected]]\nconfig = "a*"\nstage = "link"\nerror = "x"\nissue = "u"\n')
+    with pytest.raises(HarnessError, match=r"expected.toml: \[\[expected\]\] entry 1: stage 'link' is not one of"):
+        expected.load(path)
+    path.write_text('[[expected]]\nconfig = "a*"\nstage = "compile"\nerror = "x"\n')
+    with pytest.raises(HarnessError, match="entry 1: .*missing 1 required positional argument: 'issue'"):
+        expected.load(path)
+    assert expected.load(expected.DEFAULT_FILE) == []  # the reviewed file parses (and lists nothing today)
+
+
+def run_suite(tmp_path, entries: str, *args):
+    (tmp_path / "expected.toml").write_text(entries)
+    return subprocess.run([sys.executable, "-m", "pytest", "suites/llama/test_end_to_end.py", "--model", "toy-gqa",
+                           "--dtype", "fp32", "-q", "-rxX", "-p", "no:cacheprovider", "--report-dir", str(tmp_path),
+                           "--run-name", "r", "--expected-failures", str(tmp_path / "expected.toml"), *args],
+                          capture_output=True, text=True)
+
+
+def test_expected_failure_xfails_and_is_reported(tmp_path):
+    proc = run_suite(tmp_path, '[[expected]]\nconfig = "toy-gqa-*"\nstage = "compile"\n'
+                     'error = "no-such-iree-flag"\nissue = "https://example.org/7"\n',
+                     "--iree-compile-flag=--no-such-iree-flag")
+    assert proc.returncode == 0 and "1 xfailed" in proc.stdout, proc.stdout
+    assert "https://example.org/7" in (tmp_path / "r" / "summary.md").read_text()
+    assert 'failures="0"' in (tmp_path / "r" / "junit.xml").read_text()
+
+
+def test_unexpected_pass_fails(tmp_path):
+    proc = run_suite(tmp_path, '[[expected]]\nconfig = "toy-gqa-fp32-tp1"\nstage = "numerics"\nerror = "."\n'
+                     'issue = "https://example.org/8"\n')
+    assert proc.returncode == 1 and "listed as an expected numerics failure" in proc.stdout, proc.stdout
+    assert "unexpected pass" in (tmp_path / "r" / "summary.md").read_text()
+
+
+def _append_many(path, worker):
+    for i in range(200):
+        records.append(path, {"kind": "x", "worker": worker, "i": i, "pad": "y" * 5000})
+
+
+def test_parallel_writers_and_a_torn_line(tmp_path):
+    path = tmp_path / "records.jsonl"
+    procs = [multiprocessing.Process(target=_append_many, args=(path, w)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    with open(path, "a") as f:
+        f.write('{"kind": "x", "worker": 9, "i"')  # a writer killed mid-line
+    recs = records.read(path)
+    assert sorted((r["worker"], r["i"]) for r in recs) == [(w, i) for w in range(4) for i in range(200)]
+
+
+def test_shards_partition_the_matrix_and_merge_back(toy_records, tmp_path):
+    def collected(*args):
+        out = subprocess.run([sys.executable, "-m", "pytest", "suites/llama", "--collect-only", "-q",
+                              "-p", "no:cacheprovider", *args], capture_output=True, text=True).stdout
+        return [line for line in out.splitlines() if "::" in line]
+    everything = collected()
+    shards = [collected("--shard", f"{i}/3") for i in (1, 2, 3)]
+    assert sorted(sum(shards, [])) == sorted(everything) and all(shards)
+    (first, _), faulty = toy_records
+    second = copy.deepcopy(first) | {"config": "toy-gqa-fp16-tp1"}
+    merged = report.merge(tmp_path / "merged", [write_run(tmp_path / "a", [first]), write_run(tmp_path / "b", [second])])
+    text = merged.read_text()
+    assert "toy-gqa-fp32-tp1" in text and "toy-gqa-fp16-tp1" in text
+    assert "<table>" in (tmp_path / "merged" / "summary.html").read_text()
+    assert len(records.read(tmp_path / "merged" / "records.jsonl")) == 2
+    assert json.dumps(first, sort_keys=True, default=str) in (tmp_path / "merged" / "records.jsonl").read_text()
