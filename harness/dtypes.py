@@ -13,11 +13,24 @@ DTYPES: dict[str, torch.dtype] = {
 }
 
 
+# Weight-quantized variants (harness/model/quant.py): quantized weights dequantized in the graph,
+# activations in fp32, so they compute in (and are judged as) fp32.
+QUANTIZED = ("q8_0", "q4_1", "int8", "fp8e4m3fn", "fp8e4m3fnuz")
+
+
 def torch_dtype(name: str) -> torch.dtype:
+    """The dtype a configuration computes in."""
+    if name in QUANTIZED:
+        return torch.float32
     try:
         return DTYPES[name]
     except KeyError:
-        raise HarnessError(f"--dtype: unknown dtype {name!r}; known: {', '.join(DTYPES)}") from None
+        raise HarnessError(f"--dtype: unknown dtype {name!r}; known: {', '.join([*DTYPES, *QUANTIZED])}") from None
+
+
+def quantization(name: str) -> str | None:
+    """The weight quantization scheme a --dtype names, if any."""
+    return name if name in QUANTIZED else None
 
 
 def eps(dtype: torch.dtype) -> float:

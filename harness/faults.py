@@ -32,7 +32,8 @@ class Fault:
         layer = model.layers[self.layer]
         if self.kind == "weight":
             # Scaled by 1 + 2^-3: well outside bf16's rounding noise, small against the weights' spread.
-            layer.get_parameter(SUB_BLOCK_PARAMS[self.sub_block]).data *= 1.125
+            param = layer.get_parameter(SUB_BLOCK_PARAMS[self.sub_block])
+            param.data = param.data * 1.125  # a new tensor: the parameter may share the loaded weights' storage
         else:
             layer.mlp.act = F.gelu  # SwiGLU computed with GELU instead of SiLU
 

@@ -19,14 +19,15 @@ import torch
 
 from harness import records
 from harness.cache import PROJECT_ROOT, digest
-from harness.dtypes import torch_dtype
+from harness.dtypes import quantization, torch_dtype
 from harness.engines import EagerEngine, IreeEngine
+from harness.errors import HarnessError
 from harness.faults import Fault
 from harness.iree.compiler import compile_module
 from harness.iree.export import export_program
 from harness.iree.runtime import CompiledModule
 from harness.iree.stages import StageFailure
-from harness.iree.targets import Target
+from harness.iree.targets import FP8_DECODE, Target
 from harness.model.shard import check_tp, shard
 from harness.models import ModelSpec, resolve
 from harness.programs import PROGRAMS
@@ -34,8 +35,8 @@ from harness import variants
 
 # Sources whose text decides what an export contains: a change to any of them invalidates the cache.
 EXPORT_SOURCES = ("harness/model/llama.py", "harness/model/config.py", "harness/model/precision.py",
-                  "harness/model/shard.py",                  "harness/variants.py", "harness/faults.py", "harness/programs.py", "harness/iree/export.py",
-                  "harness/pipeline.py")
+                  "harness/model/shard.py", "harness/model/quant.py", "harness/variants.py", "harness/faults.py",
+                  "harness/programs.py", "harness/iree/export.py", "harness/pipeline.py")
 SAMPLE_TEXT = PROJECT_ROOT / "harness/data/wikitext2/wiki.test.raw"
 
 
@@ -73,7 +74,7 @@ class StageResult:
 class Pipeline:
     def __init__(self, config: RunConfig, fault: Fault | None = None):
         self.config, self.fault = config, fault
-        self.dtype = torch_dtype(config.dtype)
+        self.dtype, self.quant = torch_dtype(config.dtype), quantization(config.dtype)
         self.spec: ModelSpec = resolve(config.model)
         self.stages: dict[str, StageResult] = {}
         self._modules: dict[str, CompiledModule] = {}
@@ -82,6 +83,9 @@ class Pipeline:
     def weights(self):
         weights = self.spec.load_weights()
         check_tp(weights.config, self.config.tp, self.config.model)
+        if self.quant and self.config.tp > 1:
+            raise HarnessError(f"--dtype {self.config.dtype} with --tp {self.config.tp}: quantized variants "
+                               "are not sharded yet (issue 6)")
         return weights
 
     @cached_property
@@ -95,11 +99,16 @@ class Pipeline:
 
     @cached_property
     def eager(self) -> EagerEngine:
-        return variants.eager_reference(self.weights, self.dtype, self.config.eager_mode, self.attention)
+        return variants.eager_reference(self.weights, self.dtype, self.config.eager_mode, self.attention, self.quant)
+
+    @cached_property
+    def fp32_reference(self) -> EagerEngine:
+        """Eager fp32 without quantization: what a lower precision or a quantization is measured against."""
+        return EagerEngine(variants.build_model(self.weights, torch.float32, attention=self.attention), "eager-fp32")
 
     @cached_property
     def oracle(self) -> EagerEngine:
-        return variants.oracle(self.weights, self.dtype, self.attention)
+        return variants.oracle(self.weights, self.dtype, self.attention, self.quant)
 
     @property
     def attention(self) -> str:
@@ -128,7 +137,9 @@ class Pipeline:
         label = program + (f"@{seq_len}" if seq_len != self.config.seq_len else "") + (
             f"@tp{tp}" if tp != self.config.tp else "")
         if label not in self._modules:
-            model = variants.build_model(self.weights, self.dtype, attention=self.attention)
+            fp8_decode = FP8_DECODE[self.config.target.hal_target_device]
+            model = variants.build_model(self.weights, self.dtype, attention=self.attention, quant=self.quant,
+                                         fp8_decode=fp8_decode)
             if self.fault:
                 self.fault.apply(model)
             if tp > 1:
@@ -140,7 +151,7 @@ class Pipeline:
             op_fault = self.fault.id if self.fault and self.fault.kind == "op" else ""
             weight_fault = self.fault.id if self.fault and self.fault.kind == "weight" else ""
             program_key = digest(*code, str(config.to_dict()), self.config.dtype, str(tp), program,
-                                 self.attention, op_fault, str(records.versions()),
+                                 self.attention, fp8_decode, op_fault, str(records.versions()),
                                  *(str(tuple(a.shape)) for e in entries for a in e.args))
             params_key = digest(*code, self.weights.sha256, self.config.dtype, str(tp), weight_fault)
             with self.stage("export", label) as st:

@@ -90,6 +90,36 @@ def perplexity_table(recs: list[dict]) -> tuple[list[str], list[list]]:
              "Same top-1", "Gates"], sorted(rows))
 
 
+def _vs_fp32_cells(vs: dict | None) -> list[str]:
+    """dPPL, KLD and top-1 of a dtype's or quantization's eager reference against eager fp32, with the
+    green / yellow marker of model-support tables: dPPL under / over 1 %."""
+    if not vs:
+        return ["", "", ""]
+    reference, candidate = (e["ppl"]["value"] for e in vs["engines"])  # eager fp32 first
+    dppl = candidate / reference - 1
+    return [f"{'🟢' if abs(dppl) < 0.01 else '🟡'} {dppl:+.2%}", f"{vs['pair']['kld']['value']:.2g}",
+            f"{vs['pair']['same_top']['value']:.1%}"]
+
+
+def model_matrix(recs: list[dict]) -> tuple[list[str], list[list]]:
+    """One row per configuration across the checks: the stages, numerics, perplexity and the cost of the
+    dtype / quantization itself against fp32."""
+    by_config: dict[str, dict[str, dict]] = {}
+    for rec in recs:
+        if rec["kind"] in ("end_to_end", "perplexity"):
+            by_config.setdefault(rec["config"], {})[rec["kind"]] = rec
+    rows = []
+    for config, kinds in by_config.items():
+        e2e, ppl = kinds.get("end_to_end", {}), kinds.get("perplexity", {})
+        stages, engines = e2e.get("stages", {}), {e["name"]: e for e in ppl.get("stats", {}).get("engines", [])}
+        iree = engines.get("iree", {}).get("ppl")
+        rows.append([config, *(_stage_cell(stages.get(s)).split(" ")[0] for s in ("export", "compile", "run")),
+                     _verdict_cell(e2e.get("verdict"), e2e.get("metrics", {}).get("compiled_vs_eager"), kld=False),
+                     _pm(iree) if iree else "", *_vs_fp32_cells(ppl.get("vs_fp32"))])
+    return (["Configuration", "Export", "Compile", "Run", "Numerics vs eager", "PPL (IREE)", "dPPL vs fp32",
+             "KLD vs fp32", "Top-1 vs fp32"], sorted(rows))
+
+
 def bisect_table(recs: list[dict]) -> tuple[list[str], list[list]]:
     rows = [[rec["config"], rec.get("fault") or "", rec["layer"] or "none", rec["sub_block"] or "",
              rec["compiles"], rec["invocations"], f"{rec['timings']['wall_s']:.1f}s"]
@@ -118,7 +148,9 @@ def skipped(recs: list[dict]) -> list[str]:
 
 def sections(recs: list[dict]) -> list[tuple[str, tuple[list[str], list[list]]]]:
     """The tables of a run that have rows, titled."""
-    out = [("End to end: IREE-compiled vs eager PyTorch (same dtype), judged against an fp64 oracle",
+    out = [("Model matrix (dPPL, KLD, top-1: the dtype's or quantization's own cost, eager vs eager fp32, "
+            "same windows)", model_matrix(recs)),
+           ("End to end: IREE-compiled vs eager PyTorch (same dtype), judged against an fp64 oracle",
             end_to_end_table(recs)),
            ("Layer by layer (error / budget; isolated: eager inputs, propagated: compiled chain)", layers_table(recs)),
            ("WikiText-2 perplexity (PPL ± standard error; eager and IREE on the same windows)", perplexity_table(recs)),

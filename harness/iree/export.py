@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 from iree.turbine import aot
+from iree.turbine.aot.decompositions import extend_aot_decompositions
 
 from harness.cache import cache_dir
 from harness.iree.stages import StageFailure
@@ -58,8 +59,12 @@ def export_program(module: torch.nn.Module, entries: list[Entry], program_key: s
         if not mlir.exists():
             aot.externalize_module_parameters(module)
             builder = aot.FxProgramsBuilder(module)
-            for entry in entries:
-                builder.export_program(entry.fn, name=entry.name, args=entry.args, strict=False)
+            # Without turbine's default AOT decompositions (61 ops), torch.export skips re-tracing every
+            # program through run_decompositions: half the export time (SmolLM2 forward 18 s -> 9 s), and
+            # the compiler lowers these models' ops itself (the same logits to the last bit).
+            with extend_aot_decompositions(from_current=False):
+                for entry in entries:
+                    builder.export_program(entry.fn, name=entry.name, args=entry.args, strict=False)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
                 output = aot.export(builder)

@@ -25,6 +25,9 @@ TARGET_DRIVERS = {"local": ("local-task", "local-sync"), "hip": ("hip",), "cuda"
 # attention op is the fast path on GPUs but ~12x slower than matmul + softmax on CPU at 512 tokens
 # (SmolLM2 fp32 prefill: 27 s vs 2.2 s).
 DEFAULT_ATTENTION = {"local": "math", "hip": "sdpa", "cuda": "sdpa"}
+# How the compiled program turns fp8 codes into fp32 (harness/model/quant.py): llvm-cpu 3.9 cannot lower
+# arith.extf from f8 types, so CPU programs look the values up in a table; GPUs convert natively.
+FP8_DECODE = {"local": "table", "hip": "native", "cuda": "native"}
 # The runtime device (for one device, and for several) unless --iree-device says otherwise. Several
 # CPU devices are local-sync: IREE 3.9's runtime segfaults calling the layers program (TP's many
 # cross-device transfers) on 8 local-task devices; 2 and 4 work, and are faster (SmolLM2 TP 3 prefill

@@ -30,6 +30,8 @@ def evaluate(p: Pipeline, engine: str = "both", n_windows: int | None = QUICK_WI
     engines = {"eager": [p.eager], "iree": [p.iree_engine(n_ctx)]}
     result = score(engines["eager"] + engines["iree"] if engine == "both" else engines[engine], windows, progress)
     gates = [gate.check_pair(result.stats, p.config.dtype)] if engine == "both" else []
+    # What the dtype or quantization itself costs: its eager reference against eager fp32, same windows.
+    vs_fp32 = score([p.fp32_reference, p.eager], windows).stats.to_record() if p.config.dtype != "fp32" else None
     golden_file = gate.golden_path(p.config.model, p.config.dtype, windows.protocol)
     if update_golden:  # from the reference engine where there is one
         gate.write_golden(golden_file, gate.make_golden(result.stats.engines[0], windows.protocol,
@@ -39,7 +41,7 @@ def evaluate(p: Pipeline, engine: str = "both", n_windows: int | None = QUICK_WI
         rtol = gate.budget(p.config.dtype).golden_rtol
         gates += [gate.golden_gate(e, windows.protocol, golden, p.weights.sha256, rtol)
                   for e in result.stats.engines]
-    return p.record("perplexity", **result.to_record(), summary=result.summary(),
+    return p.record("perplexity", **result.to_record(), summary=result.summary(), vs_fp32=vs_fp32,
                     gates=[g.to_record() for g in gates],
                     golden=str(golden_file.relative_to(gate.GOLDEN_DIR.parent)) if golden_file.exists() else None,
                     passed=all(g.passed for g in gates))
