@@ -1,0 +1,83 @@
+"""Prefill speed of eager and IREE side by side, in one run: tokens/s of each, their ratio, and the
+share of this machine's fp32 FLOP limit (a GEMM peak measured in the same run), with export and compile
+time and the process's peak RSS, per model / dtype / TP. Ratios from one run are the figures that hold
+on a noisy shared machine.
+
+    .venv/bin/python bench/prefill.py [--model smollm2-135m] [--dtype fp32,fp16,bf16] [--tp 1] [--seq-len 512]
+
+The GEMM peak is the best of torch's (oneDNN/MKL) fp32 square matmuls on all threads: what this
+machine reaches, not a datasheet number. Model FLOPs count the matmuls (2 per multiply-add: projections,
+FFN, lm head, and the full QK^T and PV products that the math attention computes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import time
+import warnings
+
+import torch
+from tabulate import tabulate
+
+
+def gemm_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm up
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def model_gflop(config, seq_len: int) -> float:
+    kv = config.n_kv_heads * config.head_dim
+    per_token_layer = 2 * config.dim * (2 * config.dim + 2 * kv) + 2 * 3 * config.dim * config.ffn_dim
+    attention = 2 * 2 * seq_len * config.dim  # QK^T and PV rows for one query, all heads
+    per_token = config.n_layers * (per_token_layer + attention) + 2 * config.dim * config.vocab_size
+    return per_token * seq_len / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--dtype", default="fp32,fp16,bf16")
+    ap.add_argument("--tp", default="1")
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=3, help="timed prefills per engine (median)")
+    args = ap.parse_args()
+    warnings.simplefilter("ignore", FutureWarning)
+    from harness.pipeline import Pipeline, RunConfig
+
+    peak = gemm_peak_gflops()
+    print(f"fp32 GEMM peak (torch, {torch.get_num_threads()} threads): {peak:.1f} GFLOP/s", flush=True)
+    rows = []
+    for dtype in args.dtype.split(","):
+        for tp in (int(t) for t in args.tp.split(",")):
+            p = Pipeline(RunConfig(args.model, dtype, tp, args.seq_len))
+            engine = p.iree_engine()
+            tokens = p.tokens
+            gflop = model_gflop(p.weights.config, tokens.shape[1])
+            times = {}
+            for name, fn in (("eager", p.eager.logits), ("iree", engine.logits)):
+                fn(tokens)  # warm up
+                times[name] = statistics.median(_timed(lambda: fn(tokens)) for _ in range(args.repeats))
+            n = tokens.shape[1]
+            rows.append([args.model, dtype, tp, n, f"{n / times['eager']:.0f}", f"{n / times['iree']:.0f}",
+                         f"{times['eager'] / times['iree']:.2f}x", f"{gflop / times['iree'] / peak:.0%}",
+                         f"{p.stages['export'].seconds:.1f}" + (" (cached)" if p.stages["export"].cached else ""),
+                         f"{p.stages['compile'].seconds:.1f}" + (" (cached)" if p.stages["compile"].cached else ""),
+                         f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f}"])
+            print(rows[-1], flush=True)
+    print(tabulate(rows, tablefmt="github", headers=[
+        "model", "dtype", "TP", "tokens", "eager tok/s", "IREE tok/s", "IREE / eager", "IREE % of fp32 peak",
+        "export s", "compile s", "peak RSS GiB (process so far)"]))
+
+
+if __name__ == "__main__":
+    main()
