@@ -68,12 +68,9 @@ def pytest_collection_modifyitems(config, items):
     to shard 1). Under `pytest -n N --dist loadgroup`, a configuration's tests stay on one worker: they
     share its loaded weights and compiled modules."""
     if config.harness_shard:
-        index, count = config.harness_shard
-        configs = [_run_config(item) for item in items]
-        ids = list(dict.fromkeys(c.id for c in configs if c is not None))
-        slots = [ids.index(c.id) if c is not None else 0 for c in configs]
-        config.hook.pytest_deselected(items=[item for item, s in zip(items, slots) if s % count != index])
-        items[:] = [item for item, s in zip(items, slots) if s % count == index]
+        keep = options.in_shard([c and c.id for c in map(_run_config, items)], config.harness_shard)
+        config.hook.pytest_deselected(items=[item for item, k in zip(items, keep) if not k])
+        items[:] = [item for item, k in zip(items, keep) if k]
     for item in items:
         run_config = _run_config(item)
         if run_config is not None:

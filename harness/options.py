@@ -70,9 +70,9 @@ PERPLEXITY_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
 SUITE_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     (("--ppl-windows",), dict(type=int, default=QUICK_WINDOWS, help="perplexity windows scored per "
                               f"configuration (default {QUICK_WINDOWS}; --nightly: the whole file)")),
-    (("--ppl-dtypes",), dict(default="fp32,fp16", help="dtypes whose perplexity the quick tier scores "
-                             "(default fp32,fp16: IREE bf16 prefill runs at ~1 GFLOP/s on CPUs without bf16 "
-                             "units, ~100 s a window); --nightly scores every dtype")),
+    (("--ppl-dtypes",), dict(default="fp32", help="dtypes whose perplexity the quick tier scores (default "
+                             "fp32: 512-token fp16 / bf16 programs cost 1-2 min each on 2 cores, and IREE's bf16 "
+                             "prefill runs at ~1 GFLOP/s without bf16 units); --nightly scores every dtype")),
     (("--nightly",), dict(action="store_true", help="nightly tier: whole-file perplexity for every dtype")),
     (("--expected-failures",), dict(default=str(expected.DEFAULT_FILE), help="the reviewed list of known "
                                     "failures (default golden/expected_failures.toml)")),
@@ -106,6 +106,14 @@ def parse_shard(value: str) -> tuple[int, int]:
     if not (i.isdigit() and n.isdigit() and 1 <= int(i) <= int(n)):
         raise HarnessError(f"--shard {value!r}: expected i/N with 1 <= i <= N, e.g. 2/4")
     return int(i) - 1, int(n)
+
+
+def in_shard(config_ids: list[str | None], shard: tuple[int, int]) -> list[bool]:
+    """Which items (by configuration id; None for a test without one) shard (i - 1, N) runs: the
+    configurations dealt round-robin in order of first appearance, the other tests to shard 1."""
+    index, count = shard
+    order = list(dict.fromkeys(c for c in config_ids if c is not None))
+    return [(order.index(c) if c is not None else 0) % count == index for c in config_ids]
 
 
 def target(get: Callable[[str], object]) -> Target:

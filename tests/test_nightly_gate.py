@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from harness import end_to_end, expected, records, report, trend
+from harness import cli, end_to_end, expected, options, records, report, trend
 from harness.errors import HarnessError
 from harness.faults import weight_fault
 from harness.pipeline import Pipeline, RunConfig
@@ -22,7 +22,7 @@ def write_run(path, recs):
     return path
 
 
-def cli(*args):
+def harness_cli(*args):
     return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True)
 
 
@@ -40,7 +40,7 @@ def test_clean_reruns_pass_the_gate(toy_records, tmp_path):
     old, new = write_run(tmp_path / "old", [first]), write_run(tmp_path / "new", [second])
     text, passed = trend.diff(old, new)
     assert passed and "no regression in 1 checks; 0 other change(s)" in text
-    assert cli("report", "diff", str(old), str(new)).returncode == 0
+    assert harness_cli("report", "diff", str(old), str(new)).returncode == 0
 
 
 def test_planted_regression_flips_the_gate(toy_records, tmp_path):
@@ -50,7 +50,7 @@ def test_planted_regression_flips_the_gate(toy_records, tmp_path):
     text, passed = trend.diff(old, new)
     assert not passed
     assert "| end_to_end | toy-gqa-fp32-tp1 | passed -> failed |" in text
-    proc = cli("report", "diff", "--previous", str(new), "--out", str(tmp_path / "step-summary.md"))
+    proc = harness_cli("report", "diff", "--previous", str(new), "--out", str(tmp_path / "step-summary.md"))
     assert proc.returncode == 1 and "Regressions" in (tmp_path / "step-summary.md").read_text()
 
 
@@ -148,15 +148,24 @@ def test_parallel_writers_and_a_torn_line(tmp_path):
     assert sorted((r["worker"], r["i"]) for r in recs) == [(w, i) for w in range(4) for i in range(200)]
 
 
-def test_shards_partition_the_matrix_and_merge_back(toy_records, tmp_path):
-    def collected(*args):
-        out = subprocess.run([sys.executable, "-m", "pytest", "suites/llama", "--collect-only", "-q",
-                              "-p", "no:cacheprovider", *args], capture_output=True, text=True).stdout
-        return [line for line in out.splitlines() if "::" in line]
-    everything = collected()
-    shards = [collected("--shard", f"{i}/3") for i in (1, 2, 3)]
-    assert sorted(sum(shards, [])) == sorted(everything) and all(shards)
-    (first, _), faulty = toy_records
+def test_shards_partition_the_matrix():
+    ids = ["a", "a", None, "b", "c", "b", "d", None]
+    shards = [options.in_shard(ids, (i, 3)) for i in range(3)]
+    assert all(sum(column) == 1 for column in zip(*shards))  # every item in exactly one shard
+    assert [x for x, k in zip(ids, shards[1]) if k] == ["b", "b"]
+    assert [x for x, k in zip(ids, shards[0]) if k] == ["a", "a", None, "d", None]
+
+
+def test_suite_runs_its_shard():
+    out = subprocess.run([sys.executable, "-m", "pytest", "suites/llama/test_end_to_end.py", "--collect-only", "-q",
+                          "-p", "no:cacheprovider", "--shard", "2/2"], capture_output=True, text=True).stdout
+    defaults = cli.parser().parse_args(["run"])
+    configs = [c.id for c in options.run_configs(lambda dest: getattr(defaults, dest), "end_to_end")]
+    assert [line.split("[")[1].rstrip("]") for line in out.splitlines() if "::" in line] == configs[1::2]
+
+
+def test_merge_joins_shard_runs(toy_records, tmp_path):
+    (first, _), _ = toy_records
     second = copy.deepcopy(first) | {"config": "toy-gqa-fp16-tp1"}
     merged = report.merge(tmp_path / "merged", [write_run(tmp_path / "a", [first]), write_run(tmp_path / "b", [second])])
     text = merged.read_text()

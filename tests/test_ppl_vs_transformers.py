@@ -13,7 +13,6 @@ from harness.data.dataset import load_text
 from harness.perplexity.protocol import make_windows
 from harness.perplexity.runner import score
 from harness.pipeline import Pipeline, RunConfig
-from harness.weights.packaged import shipped_smollm2_gguf
 
 pytestmark = pytest.mark.slow
 
@@ -42,19 +41,14 @@ def token_nll(logits: torch.Tensor, window) -> torch.Tensor:
     return -torch.log_softmax(rows, -1).gather(1, window.targets[:, None])[:, 0]
 
 
-def test_eager_perplexity_matches_transformers():
-    from transformers import LlamaForCausalLM
-
+def test_eager_perplexity_matches_transformers(hf_smollm2):
     pipeline = Pipeline(RunConfig("smollm2-135m", "fp32"))
     windows = make_windows(load_text(), pipeline.spec.load_tokenizer(), max_windows=N_WINDOWS)
     harness = Recording(pipeline.eager)
     ppl = score([harness], windows).stats.engines[0].ppl.value
     ours = torch.cat([token_nll(logits, w) for logits, w in zip(harness.logits_seen, windows)])
 
-    path = shipped_smollm2_gguf()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        hf_model = LlamaForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    hf_model, _ = hf_smollm2
     with torch.no_grad():
         theirs = torch.cat([token_nll(hf_model(w.inputs[None]).logits, w) for w in windows])
     hf_ppl = math.exp(theirs.mean().item())

@@ -23,15 +23,9 @@ ULPS_OF_LOGIT_SCALE = 256
 
 
 @pytest.fixture(scope="module")
-def models():
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
+def models(hf_smollm2):
+    hf_model, hf_tokenizer = hf_smollm2
     path = shipped_smollm2_gguf()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        hf_model = LlamaForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-        hf_model.eval()
-        hf_tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     weights = load_gguf(path)
     model = Llama(weights.config).eval()
     model.load_state_dict(weights.state_dict)

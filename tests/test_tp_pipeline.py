@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from harness import layers, options
+from harness import cli, layers, options
 from harness.errors import HarnessError
 from harness.faults import op_fault, weight_fault
 from harness.iree.runtime import device_uris
@@ -17,9 +17,7 @@ from harness.pipeline import Pipeline, RunConfig
 
 
 def matrix(**given) -> list[str]:
-    defaults = {"model": None, "dtype": None, "tp": None, "seq_len": 128, "eager_reference": "emulated",
-                "iree_hal_target_device": "local", "iree_cpu": "host", "iree_hip_target": "gfx942",
-                "iree_cuda_target": "sm_90", "iree_device": "", "iree_compile_flag": [], "attention": ""}
+    defaults = vars(cli.parser().parse_args(["run"]))  # every option's default
     return [c.id for c in options.run_configs(lambda dest: {**defaults, **given}[dest])]
 
 
