@@ -59,6 +59,7 @@ import math
 from pathlib import Path
 from statistics import NormalDist
 
+from harness.dtypes import QUANTIZED
 from harness.errors import HarnessError
 from harness.perplexity.protocol import Protocol
 from harness.perplexity.stats import EngineStats, Stats
@@ -86,8 +87,9 @@ BUDGETS = {
 
 
 def budget(dtype: str) -> Budget:
+    """A weight-quantized variant computes in fp32 against its own eager reference: fp32's budget."""
     try:
-        return BUDGETS[dtype]
+        return BUDGETS["fp32" if dtype in QUANTIZED else dtype]
     except KeyError:
         raise HarnessError(f"no perplexity budget for dtype {dtype!r}; known: {', '.join(BUDGETS)}") from None
 
