@@ -2,8 +2,8 @@
 
 Every test that takes a `run_config` argument is parametrized over --model x --dtype x --tp (or, with
 none of them given, the default matrix of harness/options.py, whose entries name the checks they run:
-`test_<check>`); its id names the configuration (e.g. `smollm2-135m-bf16-tp1`). Records go to `<report-dir>/<run>/records.jsonl`
-and `summary.md` is written when the session ends (by the controller alone under pytest-xdist).
+`test_<check>`); its id names the configuration (e.g. `smollm2-135m-bf16-tp1`). Records go to
+`<report-dir>/<run>/records.jsonl` and `summary.md` is written when the session ends (by the controller alone under pytest-xdist).
 """
 
 from __future__ import annotations

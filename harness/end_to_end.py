@@ -28,19 +28,18 @@ def check(p: Pipeline) -> dict:
     tp1_verdict, tp1_metrics = None, {}
     if p.config.tp > 1:
         tp1 = p.iree_engine(tp=1).logits(p.tokens)
-        tp1_verdict = judge(compiled, tp1, oracle, p.dtype, "compiled TP 1").to_dict()
+        tp1_verdict = judge(compiled, tp1, oracle, p.dtype, "compiled TP 1")
         tp1_metrics = {"compiled_vs_tp1": metrics.compare(compiled, tp1)}
     with p.stage("numerics") as st:
         verdict = judge(compiled, eager, oracle, p.dtype)
-        failed = [v.reason for v in [verdict] if not v.passed] + (
-            [tp1_verdict["reason"]] if tp1_verdict and not tp1_verdict["passed"] else [])
+        failed = [v.reason for v in (verdict, tp1_verdict) if v and not v.passed]
         st.status, st.error = ("failed", "; ".join(failed)) if failed else ("passed", "")
     return p.record(
         "end_to_end",
         inputs={"tokens": list(p.tokens.shape), "text": "wikitext-2 test, from the start" if p.spec.real_text
                 else "random ids, seed 0"},
         verdict=verdict.to_dict(),
-        verdict_vs_tp1=tp1_verdict,
+        verdict_vs_tp1=tp1_verdict and tp1_verdict.to_dict(),
         metrics={"compiled_vs_eager": metrics.compare(compiled, eager),
                  "compiled_vs_oracle": metrics.compare(compiled, oracle),
                  "eager_vs_oracle": metrics.compare(eager, oracle), **tp1_metrics},
