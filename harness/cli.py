@@ -56,7 +56,8 @@ def _perplexity(args):
         rec = perplexity.evaluate(p, engine=args.engine, n_windows=None if args.all else args.windows,
                                   n_ctx=args.ppl_n_ctx, scheme=args.ppl_scheme, dataset=args.dataset,
                                   form=args.text_form, progress=True, update_golden=args.update_golden,
-                                  command=shlex.join(["python", "-m", "harness", *sys.argv[1:]]))
+                                  command=shlex.join(["python", "-m", "harness", *sys.argv[1:]]),
+                                  vs_fp32=not args.no_vs_fp32)
         gates = "\n".join(g["message"] for g in rec["gates"]) or "no gate applies (one engine, no golden)"
         return rec, rec["passed"], "\n" + rec["summary"] + "\n" + gates
     return _each_config(args, check, "perplexity")
@@ -108,6 +109,8 @@ def parser() -> argparse.ArgumentParser:
     windows.add_argument("--windows", type=int, default=perplexity.QUICK_WINDOWS,
                          help=f"first K windows (default {perplexity.QUICK_WINDOWS})")
     windows.add_argument("--all", action="store_true", help="the whole file")
+    ppl.add_argument("--no-vs-fp32", action="store_true",
+                     help="skip eager fp32 on the same windows (the dtype's own cost; one more prefill a window)")
     ppl.set_defaults(func=_perplexity)
     _report_parser(sub)
     return ap

@@ -7,15 +7,16 @@ from typing import Protocol
 
 import torch
 
+from harness.errors import HarnessError
 from harness.model.precision import emulate
 
 
 class Engine(Protocol):
     name: str
 
-    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
-        """[batch, seq] int64 token ids -> [batch, seq, vocab] logits, float32 (float64 for an fp64
-        oracle)."""
+    def logits(self, tokens: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """[batch, seq] int64 token ids -> [batch, seq - first, vocab] logits of positions `first`..,
+        float32 (float64 for an fp64 oracle)."""
 
 
 class EagerEngine:
@@ -29,9 +30,9 @@ class EagerEngine:
         return emulate(self.emulated) if self.emulated is not None else contextlib.nullcontext()
 
     @torch.no_grad()
-    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
+    def logits(self, tokens: torch.Tensor, first: int = 0) -> torch.Tensor:
         with self.precision():
-            return as_result(self.model(tokens))
+            return as_result(self.model(tokens, first))
 
 
 def as_result(t: torch.Tensor) -> torch.Tensor:
@@ -40,11 +41,15 @@ def as_result(t: torch.Tensor) -> torch.Tensor:
 
 
 class IreeEngine:
-    """A compiled module's entry point that maps tokens to logits."""
+    """A compiled module's entry point that maps tokens to the logits of positions `first`.. (the
+    program was compiled for that `first`: it can only drop further leading positions)."""
 
-    def __init__(self, module, function: str = "forward", name: str = "iree"):
-        self.module, self.function, self.name = module, function, name
+    def __init__(self, module, function: str = "forward", name: str = "iree", first: int = 0):
+        self.module, self.function, self.name, self.first = module, function, name, first
 
-    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
+    def logits(self, tokens: torch.Tensor, first: int = 0) -> torch.Tensor:
+        if first < self.first:
+            raise HarnessError(f"engine {self.name}: asked for logits from position {first}, but its program "
+                               f"returns them from position {self.first}")
         (out,) = self.module(self.function, tokens.numpy())
-        return torch.from_numpy(out)
+        return torch.from_numpy(out)[:, first - self.first:]

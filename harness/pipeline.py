@@ -30,7 +30,7 @@ from harness.iree.stages import StageFailure
 from harness.iree.targets import FP8_DECODE, Target
 from harness.model.shard import check_tp, shard
 from harness.models import ModelSpec, resolve
-from harness.programs import PROGRAMS
+from harness.programs import forward_entries, layer_entries
 from harness import variants
 
 # Sources whose text decides what an export contains: a change to any of them invalidates the cache.
@@ -128,14 +128,16 @@ class Pipeline:
         finally:
             result.seconds = result.seconds or time.perf_counter() - start
 
-    def compiled(self, program: str = "forward", seq_len: int | None = None, tp: int | None = None) -> CompiledModule:
+    def compiled(self, program: str = "forward", seq_len: int | None = None, tp: int | None = None,
+                 first: int = 0) -> CompiledModule:
         """The compiled module of `program` for `seq_len` tokens on `tp` devices (default: the
-        configuration's), exported and compiled on first use (or taken from the cache). Its stages are
-        recorded as "export", "compile", "run" for the end-to-end program and "<stage>:<label>" for
-        others, e.g. "compile:layers", "run:forward@512", "export:forward@tp1"."""
+        configuration's), returning the logits of positions `first`.. ("forward" only), exported and
+        compiled on first use (or taken from the cache). Its stages are recorded as "export", "compile",
+        "run" for the end-to-end program and "<stage>:<label>" for others, e.g. "compile:layers",
+        "run:forward@512[256:]", "export:forward@tp1"."""
         seq_len, tp = seq_len or self.config.seq_len, tp or self.config.tp
         label = program + (f"@{seq_len}" if seq_len != self.config.seq_len else "") + (
-            f"@tp{tp}" if tp != self.config.tp else "")
+            f"[{first}:]" if first else "") + (f"@tp{tp}" if tp != self.config.tp else "")
         if label not in self._modules:
             fp8_decode = FP8_DECODE[self.config.target.hal_target_device]
             model = variants.build_model(self.weights, self.dtype, attention=self.attention, quant=self.quant,
@@ -146,12 +148,13 @@ class Pipeline:
                 model = shard(model, tp, self.config.model)
             config = self.weights.config
             tokens = torch.zeros(1, seq_len, dtype=torch.int64)
-            entries = PROGRAMS[program](tokens, config.n_layers, config.dim)
+            entries = (forward_entries(tokens, first) if program == "forward"
+                       else layer_entries(tokens, config.n_layers, config.dim))
             code = [PROJECT_ROOT.joinpath(s).read_bytes() for s in EXPORT_SOURCES]
             op_fault = self.fault.id if self.fault and self.fault.kind == "op" else ""
             weight_fault = self.fault.id if self.fault and self.fault.kind == "weight" else ""
             program_key = digest(*code, str(config.to_dict()), self.config.dtype, str(tp), program,
-                                 self.attention, fp8_decode, op_fault, str(records.versions()),
+                                 str(first), self.attention, fp8_decode, op_fault, str(records.versions()),
                                  *(str(tuple(a.shape)) for e in entries for a in e.args))
             params_key = digest(*code, self.weights.sha256, self.config.dtype, str(tp), weight_fault)
             with self.stage("export", label) as st:
@@ -164,8 +167,8 @@ class Pipeline:
                 self._modules[label] = CompiledModule(vmfb, exported.irpa, self.config.target.device(tp), tp)
         return self._modules[label]
 
-    def iree_engine(self, seq_len: int | None = None, tp: int | None = None) -> IreeEngine:
-        return IreeEngine(self.compiled("forward", seq_len, tp))
+    def iree_engine(self, seq_len: int | None = None, tp: int | None = None, first: int = 0) -> IreeEngine:
+        return IreeEngine(self.compiled("forward", seq_len, tp, first), first=first)
 
     def record(self, kind: str, **fields) -> dict:
         cfg = self.config

@@ -1,6 +1,7 @@
 """The programs exported from a reference model, as lists of entry points.
 
-- "forward": tokens -> logits, the program the end-to-end check and perplexity run.
+- "forward": tokens -> logits (of positions `first`.., all by default), the program the end-to-end
+  check and perplexity run.
 - "layers": `embed` (tokens -> h), `layer_<i>` (h -> h and every sub-block's output, SUB_BLOCKS order)
   and `head` (h -> logits), sharing one parameter archive, so that each part can be fed the eager
   input (isolated) or the compiled chain's own output (propagated) from one compile.
@@ -21,8 +22,10 @@ def _dtype(model: Llama) -> torch.dtype:
     return model.embed_tokens.weight.dtype
 
 
-def _forward(model: Llama, tokens):
-    return model(tokens).float()
+def _forward_from(first: int):
+    def forward(model: Llama, tokens):
+        return model(tokens, first).float()
+    return forward
 
 
 def _embed(model: Llama, tokens):
@@ -41,8 +44,8 @@ def _layer(index: int):
     return layer
 
 
-def forward_entries(tokens: torch.Tensor, n_layers: int, dim: int) -> list[Entry]:
-    return [Entry("forward", _forward, (tokens,))]
+def forward_entries(tokens: torch.Tensor, first: int = 0) -> list[Entry]:
+    return [Entry("forward", _forward_from(first), (tokens,))]
 
 
 def layer_entries(tokens: torch.Tensor, n_layers: int, dim: int) -> list[Entry]:
@@ -51,5 +54,3 @@ def layer_entries(tokens: torch.Tensor, n_layers: int, dim: int) -> list[Entry]:
             + [Entry(f"layer_{i}", _layer(i), (h,)) for i in range(n_layers)]
             + [Entry("head", _head, (h,))])
 
-
-PROGRAMS = {"forward": forward_entries, "layers": layer_entries}

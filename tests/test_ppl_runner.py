@@ -14,7 +14,7 @@ from harness.errors import HarnessError
 from harness.model.config import TOY_GQA
 from harness.model.llama import Llama
 from harness.perplexity.protocol import make_windows
-from harness.perplexity.runner import score
+from harness.perplexity.runner import score, score_all
 
 
 class ByteTokenizer:
@@ -44,15 +44,16 @@ class Counting:
     def __init__(self, engine):
         self.engine, self.name, self.calls = engine, engine.name, []
 
-    def logits(self, tokens):
-        self.calls.append(tuple(tokens.shape))
-        return self.engine.logits(tokens)
+    def logits(self, tokens, first=0):
+        self.calls.append((tuple(tokens.shape), first))
+        return self.engine.logits(tokens, first)
 
 
 def test_same_model_twice_gives_identical_perplexity_and_zero_divergence(model, windows):
     a, b = Counting(EagerEngine(model, "eager")), Counting(EagerEngine(model, "again"))
     result = score([a, b], windows)
-    assert a.calls == b.calls == [(1, 64)] * 4  # one prefill per window, never per-token decode
+    # One prefill per window, never per-token decode, asking only for the scored positions' logits.
+    assert a.calls == b.calls == [((1, 64), 32)] * 4
     s = result.stats
     assert s.n_tokens == 4 * 31 == result.protocol.n_tokens
     assert s.engines[0].ppl == s.engines[1].ppl
@@ -99,9 +100,22 @@ def test_engine_with_the_wrong_vocabulary_is_a_one_line_error(model, windows):
     class Truncated:
         name = "truncated"
 
-        def logits(self, tokens):
-            return model(tokens)[..., :100]
+        def logits(self, tokens, first=0):
+            return model(tokens, first)[..., :100]
 
     with pytest.raises(HarnessError, match="vocabulary") as e:
         score([EagerEngine(model), Truncated()], windows)
     assert "\n" not in str(e.value)
+
+
+def test_engines_shared_by_comparisons_run_once_per_window(model, windows):
+    """A dtype's eager reference is compared with IREE and with eager fp32: it runs once, and each
+    comparison's numbers are those of scoring it alone."""
+    shared, other = Counting(EagerEngine(model, "eager")), Counting(EagerEngine(model, "again"))
+    third = Counting(EagerEngine(model, "third"))
+    pair, cost = score_all([[shared, other], [third, shared]], windows)
+    assert len(shared.calls) == len(other.calls) == len(third.calls) == 4
+    alone = score([EagerEngine(model, "eager"), EagerEngine(model, "again")], windows).stats
+    assert pair.stats.engines == alone.engines
+    assert [e.name for e in cost.stats.engines] == ["third", "eager"]
+    assert cost.stats.engines[1].ppl == pair.stats.engines[0].ppl

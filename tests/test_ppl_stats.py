@@ -161,3 +161,20 @@ def test_mismatched_inputs_are_rejected():
         Accumulator(["a", "b"]).add(t, [a])
     with pytest.raises(ValueError):
         Accumulator(["a", "b"]).add(t, [a, b[:-1]])
+
+
+def test_impossible_tokens_give_the_kl_divergence_its_limits():
+    """A token impossible under both engines adds nothing; impossible only under the candidate, the
+    divergence is infinite; a NaN logit gives NaN, never a number."""
+    t, a, b = random_windows(4, n_windows=1)[0]
+    a_out, b_out = a.clone(), b.clone()
+    a_out[0, 3] = b_out[0, 3] = -math.inf
+    keep = torch.arange(VOCAB) != 3
+    want = F.kl_div(torch.log_softmax(b[0, keep].double(), -1), torch.log_softmax(a[0, keep].double(), -1),
+                    log_target=True, reduction="sum")
+    b_out[1] = a_out[1]  # row 1 diverges by 0: the maximum is row 0's
+    assert accumulate([(t[:2], a_out[:2], b_out[:2])]).pair.kld_percentiles["max"] == pytest.approx(float(want))
+    assert accumulate([(t[:2], a[:2], b_out[:2])]).pair.kld_percentiles["max"] == math.inf
+    b_nan = b.clone()
+    b_nan[1, 5] = math.nan
+    assert math.isnan(accumulate([(t[:2], a[:2], b_nan[:2])]).pair.kld.value)

@@ -29,15 +29,16 @@ class Recording:
     def __init__(self, engine):
         self.engine, self.name, self.logits_seen = engine, engine.name, []
 
-    def logits(self, tokens):
-        out = self.engine.logits(tokens)
+    def logits(self, tokens, first=0):
+        out = self.engine.logits(tokens, first)
         self.logits_seen.append(out)
         return out
 
 
 def token_nll(logits: torch.Tensor, window) -> torch.Tensor:
-    """fp64 NLL of each scored target: -log_softmax(logits)[position, target]."""
-    rows = logits[0, window.first:window.first + len(window.targets)].double()
+    """fp64 NLL of each scored target from `logits` of positions window.first..:
+    -log_softmax(logits)[position, target]."""
+    rows = logits[0, :len(window.targets)].double()
     return -torch.log_softmax(rows, -1).gather(1, window.targets[:, None])[:, 0]
 
 
@@ -50,7 +51,7 @@ def test_eager_perplexity_matches_transformers(hf_smollm2):
 
     hf_model, _ = hf_smollm2
     with torch.no_grad():
-        theirs = torch.cat([token_nll(hf_model(w.inputs[None]).logits, w) for w in windows])
+        theirs = torch.cat([token_nll(hf_model(w.inputs[None]).logits[:, w.first:], w) for w in windows])
     hf_ppl = math.exp(theirs.mean().item())
 
     diff = (ours - theirs).abs().max().item()

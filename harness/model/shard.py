@@ -349,13 +349,13 @@ class ShardedLlama(nn.Module):
     def head(self, h: torch.Tensor) -> torch.Tensor:
         return Llama.head(self, h)  # device 0's norm and head weight
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Logits, on device 0 and in the model's dtype, for every position of `tokens`."""
+    def forward(self, tokens: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """Logits, on device 0 and in the model's dtype, for positions `first`.. of `tokens`."""
         hs = [embed(t) for embed, t in zip(self.embed_replicas, replicate(tokens, self.tp))]
         coss, sins = replicate_rope(*self.rope(tokens.shape[1]), hs[0].dtype, self.tp)
         for layer in self.layers:
             hs = layer.forward_replicated(hs, coss, sins)
-        return self.head(hs[0])
+        return self.head(hs[0][:, first:])
 
 
 def shard(model: Llama, tp: int, name: str = "the model") -> ShardedLlama:

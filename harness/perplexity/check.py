@@ -7,7 +7,7 @@ from harness.data.dataset import load_text
 from harness.errors import HarnessError
 from harness.perplexity import gate
 from harness.perplexity.protocol import DEFAULT_N_CTX, make_windows
-from harness.perplexity.runner import score
+from harness.perplexity.runner import score_all
 from harness.pipeline import Pipeline
 
 ENGINES = ("both", "eager", "iree")
@@ -18,8 +18,9 @@ QUICK_WINDOWS = 8
 
 def evaluate(p: Pipeline, engine: str = "both", n_windows: int | None = QUICK_WINDOWS, n_ctx: int = DEFAULT_N_CTX,
              scheme: str = "llamacpp", dataset: str = "wikitext2", form: str = "raw", progress: bool = False,
-             update_golden: bool = False, command: str = "") -> dict:
-    """Score the first `n_windows` windows (all when None); returns the record, with a "gates" list."""
+             update_golden: bool = False, command: str = "", vs_fp32: bool = True) -> dict:
+    """Score the first `n_windows` windows (all when None); returns the record, with a "gates" list.
+    `vs_fp32`: also score eager fp32 on the same windows, for what a non-fp32 dtype costs."""
     if engine not in ENGINES:
         raise HarnessError(f"--engine {engine!r}: choose from {', '.join(ENGINES)}")
     if p.spec.load_tokenizer is None:
@@ -27,11 +28,13 @@ def evaluate(p: Pipeline, engine: str = "both", n_windows: int | None = QUICK_WI
                            "real model")
     windows = make_windows(load_text(dataset, form), p.spec.load_tokenizer(), scheme, n_ctx,
                            max_windows=n_windows)
-    engines = {"eager": [p.eager], "iree": [p.iree_engine(n_ctx)]}
-    result = score(engines["eager"] + engines["iree"] if engine == "both" else engines[engine], windows, progress)
-    gates = [gate.check_pair(result.stats, p.config.dtype)] if engine == "both" else []
+    engines = {"eager": [p.eager], "iree": [p.iree_engine(n_ctx, first=windows.first)]}
+    comparisons = [engines["eager"] + engines["iree"] if engine == "both" else engines[engine]]
     # What the dtype or quantization itself costs: its eager reference against eager fp32, same windows.
-    vs_fp32 = score([p.fp32_reference, p.eager], windows).stats.to_record() if p.config.dtype != "fp32" else None
+    if vs_fp32 and p.config.dtype != "fp32":
+        comparisons.append([p.fp32_reference, p.eager])
+    result, *cost = score_all(comparisons, windows, progress)
+    gates = [gate.check_pair(result.stats, p.config.dtype)] if engine == "both" else []
     golden_file = gate.golden_path(p.config.model, p.config.dtype, windows.protocol)
     if update_golden:  # from the reference engine where there is one
         gate.write_golden(golden_file, gate.make_golden(result.stats.engines[0], windows.protocol,
@@ -41,7 +44,7 @@ def evaluate(p: Pipeline, engine: str = "both", n_windows: int | None = QUICK_WI
         rtol = gate.budget(p.config.dtype).golden_rtol
         gates += [gate.golden_gate(e, windows.protocol, golden, p.weights.sha256, rtol)
                   for e in result.stats.engines]
-    return p.record("perplexity", **result.to_record(), summary=result.summary(), vs_fp32=vs_fp32,
+    return p.record("perplexity", **result.to_record(), summary=result.summary(), vs_fp32=cost[0].stats.to_record() if cost else None,
                     gates=[g.to_record() for g in gates],
                     golden=str(golden_file.relative_to(gate.GOLDEN_DIR.parent)) if golden_file.exists() else None,
                     passed=all(g.passed for g in gates))

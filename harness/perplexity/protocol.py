@@ -108,6 +108,7 @@ class Windows:
 
     protocol: Protocol
     _make: Callable[[], Iterator[Window]]
+    first: int  # no window scores a position before this one: engines may skip the logits before it
 
     def __iter__(self) -> Iterator[Window]:
         return self._make()
@@ -143,6 +144,7 @@ def make_windows(text: Text, tokenizer: Tokenizer, scheme: str = "llamacpp", n_c
         scored = f"positions {n_ctx // 2}..{n_ctx - 2} of each window ({per_window} tokens)"
         make = functools.partial(llamacpp_windows, torch.tensor(tokens, dtype=torch.int64), n_ctx, bos_id,
                                  n_windows)
+        first = n_ctx // 2
     else:
         if not 1 <= stride <= n_ctx:
             raise HarnessError(f"--stride {stride}: must be in 1..n_ctx ({n_ctx})")
@@ -156,6 +158,7 @@ def make_windows(text: Text, tokenizer: Tokenizer, scheme: str = "llamacpp", n_c
         bos = f"prefix={prefix}:{prefix_id}"
         scored = f"every token once, {stride} new tokens per window after the first"
         make = functools.partial(rolling_windows, tokens, n_ctx, stride, prefix_id, n_windows)
+        first = 0
 
     if total == 0:
         raise HarnessError(f"{text.dataset}: {len(tokens)} tokens, fewer than one window of {n_ctx}")
@@ -164,7 +167,7 @@ def make_windows(text: Text, tokenizer: Tokenizer, scheme: str = "llamacpp", n_c
         tokenizer=tokenizer.name, tokenizer_fingerprint=tokenizer.fingerprint, scheme=scheme, bos=bos,
         n_ctx=n_ctx, stride=stride, scored=scored, text_tokens=len(tokens), total_windows=total,
         n_windows=n_windows, n_tokens=n_tokens)
-    return Windows(protocol, make)
+    return Windows(protocol, make, first)
 
 
 def llamacpp_windows(tokens: torch.Tensor, n_ctx: int, bos_id: int | None, n_windows: int) -> Iterator[Window]:

@@ -51,30 +51,40 @@ class PerplexityResult:
 
 def score(engines: Sequence[Engine], windows: Windows, progress: bool = False) -> PerplexityResult:
     """Perplexity of `engines` (1, or 2 with the reference first) over `windows`."""
-    stats = Accumulator([e.name for e in engines])
-    seconds = [0.0] * len(engines)
+    return score_all([engines], windows, progress)[0]
+
+
+def score_all(comparisons: Sequence[Sequence[Engine]], windows: Windows,
+              progress: bool = False) -> list[PerplexityResult]:
+    """`score` for several comparisons on the same windows, each engine run once per window however many
+    comparisons it is in (the same object: e.g. a dtype's eager reference vs IREE, and vs eager fp32)."""
+    engines = list({id(e): e for c in comparisons for e in c}.values())
+    stats = [Accumulator([e.name for e in c]) for c in comparisons]
+    seconds = {id(e): 0.0 for e in engines}
     prefill_tokens = 0
     start = time.perf_counter()
     with tqdm(total=len(windows), unit="window", desc="perplexity", disable=not progress) as bar:
         for window in windows:
             tokens = window.inputs[None]
-            scored = slice(window.first, window.first + len(window.targets))
-            rows = []
-            for i, engine in enumerate(engines):
+            n = len(window.targets)
+            rows = {}
+            for engine in engines:
                 t0 = time.perf_counter()
-                logits = engine.logits(tokens)
-                seconds[i] += time.perf_counter() - t0
-                if logits.shape[:2] != tokens.shape:
+                logits = engine.logits(tokens, window.first)
+                seconds[id(engine)] += time.perf_counter() - t0
+                if logits.shape[:2] != (1, tokens.shape[1] - window.first):
                     raise HarnessError(f"engine {engine.name}: logits of shape {tuple(logits.shape)} for tokens "
-                                       f"of shape {tuple(tokens.shape)}")
-                if rows and logits.shape[-1] != rows[0].shape[-1]:
-                    raise HarnessError(f"engine {engine.name}: vocabulary of {logits.shape[-1]}, but "
-                                       f"{engines[0].name}'s is {rows[0].shape[-1]}")
-                rows.append(logits[0, scored])
-            stats.add(window.targets, rows)
+                                       f"of shape {tuple(tokens.shape)} from position {window.first}")
+                rows[id(engine)] = logits[0, :n]
+            for acc, comparison in zip(stats, comparisons):
+                if len({rows[id(e)].shape[-1] for e in comparison}) > 1:
+                    raise HarnessError("engines disagree on the vocabulary size: " + ", ".join(
+                        f"{e.name} {rows[id(e)].shape[-1]}" for e in comparison))
+                acc.add(window.targets, [rows[id(e)] for e in comparison])
             prefill_tokens += tokens.shape[1]
-            bar.set_postfix(ppl=f"{stats.running_ppl():.4f}", refresh=False)
+            bar.set_postfix(ppl=f"{stats[0].running_ppl():.4f}", refresh=False)
             bar.update()
     wall_s = time.perf_counter() - start
-    timings = tuple(Timing(e.name, s, prefill_tokens) for e, s in zip(engines, seconds))
-    return PerplexityResult(windows.protocol, stats.result(), timings, wall_s)
+    return [PerplexityResult(windows.protocol, acc.result(),
+                             tuple(Timing(e.name, seconds[id(e)], prefill_tokens) for e in comparison), wall_s)
+            for acc, comparison in zip(stats, comparisons)]
