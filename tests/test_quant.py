@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from harness import end_to_end
-from harness.model.quant import FP8, QuantLinear, _gguf_blocks, fp8_table
+from harness import dtypes
+from harness.model.quant import (FP8, SCHEMES, QuantLinear, _gguf_blocks, effective_scheme, fp8_table, layout,
+                                 q4_k_blocks)
 from harness.numerics import metrics
 from harness.pipeline import Pipeline, RunConfig
 from harness.weights.gguf import raw_tensors
@@ -21,13 +23,49 @@ def weight(rows=48, cols=128, seed=0) -> torch.Tensor:
     return torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed)) * 0.05
 
 
-@pytest.mark.parametrize("scheme", ["q8_0", "q4_1"])
+@pytest.mark.parametrize("scheme", ["q8_0", "q5_0", "q4_1"])
 def test_gguf_blocks_dequantize_as_gguf_does(scheme):
     w = weight()
     qtype = gguf.GGMLQuantizationType[scheme.upper()]
     want = gguf.quants.dequantize(gguf.quants.quantize(w.numpy(), qtype), qtype)
     got = QuantLinear(w, scheme).dequantize()
     assert torch.equal(got, torch.from_numpy(np.ascontiguousarray(want)))
+
+
+def test_q4_k_blocks_dequantize_as_gguf_does():
+    """gguf has no Q4_K quantizer: ours must produce blocks that gguf's dequantizer reads as the values the
+    graph computes, and that stay within the format's resolution of the weights (half a step per
+    sub-block, plus what the 6-bit scales lose)."""
+    w = weight(rows=8, cols=512, seed=3)
+    w[0, :32] = 0.01  # a constant sub-block (zero range)
+    w[1, 32:64] = torch.linspace(0.01, 0.02, 32)  # a sub-block without negative weights (min clamps to 0)
+    blocks = q4_k_blocks(w)
+    assert blocks.shape == (8, 2, 144)
+    want = gguf.quants.dequantize(blocks.reshape(8, -1), gguf.GGMLQuantizationType.Q4_K)
+    q = QuantLinear(w, "q4_k")
+    assert q.scheme == "q4_k" and q.codes.shape == (8, 2, 128)
+    got = q.dequantize()
+    assert torch.equal(got, torch.from_numpy(np.ascontiguousarray(want)))
+    # Half a step of the sub-block's range, widened by the rounding of its 6-bit scale (up, by < d) and
+    # of its 6-bit min (by <= dmin / 2, at either end of the range).
+    step = (w.reshape(-1, 32).amax(-1) - w.reshape(-1, 32).amin(-1).clamp(max=0)) / 15
+    d, dmin = (x.float().repeat_interleave(8, dim=1).flatten() for x in (q.d, q.m))
+    err = (got - w).abs().reshape(-1, 32).amax(-1)
+    assert torch.all(err <= (step + d) / 2 + dmin / 2 + 1e-7), (err / step).max()
+    assert (err / step).median() < 0.6
+
+
+def test_q4_k_falls_back_to_q5_0_where_rows_do_not_fill_super_blocks():
+    """As llama.cpp: 576-wide rows (SmolLM2's q/k/v/o, gate and up) cannot hold 256-weight super-blocks."""
+    assert effective_scheme("q4_k", 576) == "q5_0" and effective_scheme("q4_k", 1536) == "q4_k"
+    assert effective_scheme("q4_1", 576) == "q4_1"
+    assert QuantLinear(weight(cols=96), "q4_k").scheme == "q5_0"
+    p = Pipeline(RunConfig("smollm2-135m", "q4_k"))
+    assert layout(p.eager.model) == {"q4_k": 30, "q5_0": 180}
+
+
+def test_every_scheme_is_a_dtype():
+    assert set(dtypes.QUANTIZED) == set(SCHEMES)
 
 
 @pytest.mark.parametrize("name", ["layers.0.self_attn.q_proj.weight", "layers.29.mlp.down_proj.weight"])
@@ -78,14 +116,18 @@ def fp32_logits():
     return p.eager.logits(p.tokens)
 
 
-@pytest.mark.parametrize("scheme", ["q8_0", "q4_1", "int8", "fp8e4m3fn", "fp8e4m3fnuz"])
-def test_compiled_variant_matches_its_eager_reference(scheme, fp32_logits):
+@pytest.mark.parametrize("model, scheme", [("toy-gqa", "q8_0"), ("toy-gqa", "q5_0"), ("toy-gqa", "q4_1"),
+                                           ("toy-tp8", "q4_k"), ("toy-gqa", "int8"), ("toy-gqa", "fp8e4m3fn"),
+                                           ("toy-gqa", "fp8e4m3fnuz")])
+def test_compiled_variant_matches_its_eager_reference(model, scheme):
     """Compiled vs eager isolates the compiler (within the fp32 policy); the variant vs fp32 is the
-    format's own cost, far larger."""
-    p = Pipeline(RunConfig("toy-gqa", scheme))
+    format's own cost, far larger. (Q4_K needs rows of 256: toy-tp8's are.)"""
+    p = Pipeline(RunConfig(model, scheme))
     rec = end_to_end.check(p)
     assert rec["verdict"]["passed"], rec["verdict"]["reason"]
-    cost = metrics.rmse(p.eager.logits(p.tokens), fp32_logits)
+    assert set(layout(p.eager.model)) == {scheme}
+    fp32 = Pipeline(RunConfig(model, "fp32"))
+    cost = metrics.rmse(p.eager.logits(p.tokens), fp32.eager.logits(fp32.tokens))
     assert cost > 100 * rec["metrics"]["compiled_vs_eager"]["rmse"]
 
 
