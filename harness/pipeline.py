@@ -13,7 +13,6 @@ import dataclasses
 import shlex
 import time
 from functools import cached_property
-from pathlib import Path
 
 import torch
 
@@ -21,7 +20,6 @@ from harness import records
 from harness.cache import PROJECT_ROOT, digest
 from harness.dtypes import quantization, torch_dtype
 from harness.engines import EagerEngine, IreeEngine
-from harness.errors import HarnessError
 from harness.faults import Fault
 from harness.iree.compiler import compile_module
 from harness.iree.export import export_program
@@ -82,10 +80,7 @@ class Pipeline:
     @cached_property
     def weights(self):
         weights = self.spec.load_weights()
-        check_tp(weights.config, self.config.tp, self.config.model)
-        if self.quant and self.config.tp > 1:
-            raise HarnessError(f"--dtype {self.config.dtype} with --tp {self.config.tp}: quantized variants "
-                               "are not sharded yet (issue 6)")
+        check_tp(weights.config, self.config.tp, self.config.model, self.quant)
         return weights
 
     @cached_property

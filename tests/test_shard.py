@@ -116,8 +116,9 @@ def test_layout_smollm2_heads():
             attn = layer.self_attn[d]
             kv = d // (tp // 3)
             assert torch.equal(attn.q_proj.weight, src.q_proj.weight[d * q_heads * hd:(d + 1) * q_heads * hd])
-            assert torch.equal(attn.k_proj.weight, src.k_proj.weight[kv * hd:(kv + 1) * hd])
-            assert torch.equal(attn.v_proj.weight, src.v_proj.weight[kv * hd:(kv + 1) * hd])
+            k_proj, v_proj = (p.projection if isinstance(p, HeadCopies) else p for p in (attn.k_proj, attn.v_proj))
+            assert torch.equal(k_proj.weight, src.k_proj.weight[kv * hd:(kv + 1) * hd])
+            assert torch.equal(v_proj.weight, src.v_proj.weight[kv * hd:(kv + 1) * hd])
             assert torch.equal(attn.o_proj.weight, src.o_proj.weight[:, d * q_heads * hd:(d + 1) * q_heads * hd])
             assert isinstance(attn.k_proj, HeadCopies) == (q_heads > 1)
         for name, param in layer.named_parameters():  # e.g. "self_attn.4.q_proj.weight": device 4

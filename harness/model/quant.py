@@ -36,12 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.errors import HarnessError
 from harness.model.llama import Llama
 
 BLOCK = 32
 SUPER_BLOCK = 256  # Q4_K
 FP8 = {"fp8e4m3fn": torch.float8_e4m3fn, "fp8e4m3fnuz": torch.float8_e4m3fnuz}
-SCHEMES = ("q8_0", "q5_0", "q4_1", "q4_k", "int8", *FP8)
+GGUF_SCHEMES = ("q8_0", "q5_0", "q4_1", "q4_k")
+SCHEMES = (*GGUF_SCHEMES, "int8", *FP8)
 # The format llama.cpp stores a tensor in when its rows do not fit the requested one's blocks.
 FALLBACK = {"q4_k": "q5_0"}
 PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -83,6 +85,11 @@ def effective_scheme(scheme: str, cols: int) -> str:
     return FALLBACK[scheme] if scheme in FALLBACK and cols % SUPER_BLOCK else scheme
 
 
+def block_size(scheme: str) -> int:
+    """How many input columns share a scale: the granularity at which a weight can be split."""
+    return SUPER_BLOCK if scheme == "q4_k" else BLOCK if scheme in GGUF_SCHEMES else 1
+
+
 def fp8_table(dtype: torch.dtype) -> torch.Tensor:
     """The fp32 value of every code of an fp8 `dtype`, indexed by the code's byte."""
     return torch.arange(256, dtype=torch.int32).to(torch.uint8).view(dtype).float()
@@ -97,7 +104,7 @@ class QuantLinear(nn.Module):
             raise ValueError(f"unknown quantization scheme {scheme!r}; known: {', '.join(SCHEMES)}")
         scheme = effective_scheme(scheme, weight.shape[1])
         self.scheme, self.shape, self.fp8_decode = scheme, tuple(weight.shape), fp8_decode
-        if scheme in ("q8_0", "q5_0", "q4_1", "q4_k"):
+        if scheme in GGUF_SCHEMES:
             blocks = q4_k_blocks(weight) if scheme == "q4_k" else _gguf_blocks(weight, scheme)
             plane = lambda start, stop, dtype=np.uint8: nn.Buffer(  # noqa: E731
                 torch.from_numpy(blocks[..., start:stop].copy().view(dtype)))
@@ -118,8 +125,8 @@ class QuantLinear(nn.Module):
             scale = weight.abs().amax(dim=1, keepdim=True) / torch.finfo(FP8[scheme]).max
             self.scale = nn.Buffer(scale)
             self.codes = nn.Buffer((weight / scale).to(FP8[scheme]).view(torch.uint8))
-            if fp8_decode == "table":  # a constant of the program, not a parameter
-                self.table = nn.Buffer(fp8_table(FP8[scheme]), persistent=False)
+            if fp8_decode == "table":  # a parameter, so that each TP device loads its own copy
+                self.table = nn.Buffer(fp8_table(FP8[scheme]))
 
     def dequantize(self) -> torch.Tensor:
         """The weight in fp32, always: the format defines its values by fp32 arithmetic, so the fp64
@@ -141,6 +148,31 @@ class QuantLinear(nn.Module):
         if self.fp8_decode == "table":
             return self.table.float()[self.codes.long()] * self.scale.float()
         return self.codes.view(FP8[self.scheme]).float() * self.scale.float()
+
+    @property
+    def block(self) -> int:
+        return block_size(self.scheme)
+
+    def sliced(self, rows: slice, cols: slice, name: str = "the projection") -> "QuantLinear":
+        """The projection of weight[rows, cols] (tensor parallelism's split), its codes and scales those
+        of this one (views, not copies): `cols` must fall on block boundaries."""
+        start, stop, _ = cols.indices(self.shape[1])
+        if start % self.block or stop % self.block:
+            raise HarnessError(f"{name}: {self.scheme} keeps {self.block} input columns per scale, and the "
+                               f"split takes columns {start}..{stop - 1}")
+        n_rows = len(range(*rows.indices(self.shape[0])))
+        part = QuantLinear.__new__(QuantLinear)
+        nn.Module.__init__(part)
+        part.scheme, part.shape, part.fp8_decode = self.scheme, (n_rows, stop - start), self.fp8_decode
+        for key, buf in self._buffers.items():
+            if key == "table":
+                piece = buf
+            elif key == "scale":
+                piece = buf[rows]
+            else:
+                piece = buf[rows, start // self.block:stop // self.block]
+            part.register_buffer(key, piece.detach())  # a tensor object of its own, for its device trait
+        return part
 
     def _q4_k_weight(self) -> torch.Tensor:
         low, mid, high = self.scales[..., 0:4], self.scales[..., 4:8], self.scales[..., 8:12]

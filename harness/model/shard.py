@@ -50,6 +50,7 @@ with `--iree-opt-data-tiling` miscompiles even the unsharded fp32 toy (logit err
 
 from __future__ import annotations
 
+import itertools
 from typing import Callable
 
 import torch
@@ -62,6 +63,7 @@ from harness.errors import HarnessError
 from harness.model.config import LlamaConfig
 from harness.model.llama import (ATTENTION, SUB_BLOCKS, Attention, DecoderLayer, FeedForward, Llama, RMSNorm,
                                  rope_tables)
+from harness.model.quant import QuantLinear, block_size, effective_scheme
 
 # --- which sizes fit, and who holds what ---------------------------------------------------------------
 
@@ -71,13 +73,15 @@ class UnfitTP(HarnessError):
     configuration (a --tp crossed with the default models), naming the constraint."""
 
 
-def check_tp(config: LlamaConfig, tp: int, model: str = "the model") -> None:
-    """Raise HarnessError, one line naming the constraint, unless `config` shards `tp` ways.
+def check_tp(config: LlamaConfig, tp: int, model: str = "the model", quant: str | None = None) -> None:
+    """Raise HarnessError, one line naming the constraint, unless `config` (quantized by `quant`) shards
+    `tp` ways.
 
     Query heads must split evenly (n_heads % tp == 0). KV heads must split evenly (n_kv_heads % tp
     == 0) or be replicated whole (tp % n_kv_heads == 0), vLLM's and Megatron's rule: given the first
     condition these are exactly the sizes at which each device's query heads use whole KV heads of
-    their own. The FFN width is split unevenly where needed (no constraint)."""
+    their own. The FFN width is split unevenly where needed. A quantized o_proj and down_proj, split
+    along their input columns, must split between blocks (32 weights; Q4_K 256)."""
     if tp < 1:
         raise HarnessError(f"--tp {tp}: the tensor-parallel size must be a positive integer")
     if config.n_heads % tp:
@@ -86,6 +90,13 @@ def check_tp(config: LlamaConfig, tp: int, model: str = "the model") -> None:
         raise UnfitTP(
             f"--tp {tp}: {model} has {config.n_kv_heads} KV heads; the TP size must divide them or be a "
             f"multiple of them (whole KV heads are replicated), and {tp} is neither")
+    row_split = {"o_proj": [config.n_heads // tp * config.head_dim] * tp,
+                 "down_proj": split_sizes(config.ffn_dim, tp)}
+    for name, sizes in row_split.items() if quant else ():
+        block = block_size(effective_scheme(quant, sum(sizes)))
+        if any(end % block for end in itertools.accumulate(sizes)):
+            raise UnfitTP(f"--tp {tp}: {model}'s {name} would split its {sum(sizes)} input columns "
+                          f"{'/'.join(map(str, sizes))}, not on the {block}-weight blocks of {quant}")
 
 
 def kv_heads(config: LlamaConfig, tp: int, device: int) -> range:
@@ -166,11 +177,22 @@ def _param(t: torch.Tensor, device: int) -> nn.Parameter:
     return p
 
 
-def _linear(weight: torch.Tensor, device: int, cls: type[nn.Linear] = nn.Linear) -> nn.Linear:
+def _linear(weight: torch.Tensor, device: int) -> nn.Linear:
     with torch.device("meta"):
-        linear = cls(weight.shape[1], weight.shape[0], bias=False)
+        linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
     linear.weight = _param(weight.contiguous(), device)
     return linear
+
+
+def _projection(src: nn.Module, device: int, rows: slice = slice(None), cols: slice = slice(None),
+                name: str = "") -> nn.Module:
+    """Device `device`'s part weight[rows, cols] of a projection, plain or quantized (its blocks kept)."""
+    if isinstance(src, QuantLinear):
+        part = src.sliced(rows, cols, name)
+        for buf in part.buffers():
+            DeviceTensorTrait(device).set(buf)
+        return part
+    return _linear(src.weight[rows, cols], device)
 
 
 def _norm(src: RMSNorm, device: int) -> RMSNorm:
@@ -180,7 +202,7 @@ def _norm(src: RMSNorm, device: int) -> RMSNorm:
     return norm
 
 
-class HeadCopies(nn.Linear):
+class HeadCopies(nn.Module):
     """The projection of a device's single KV head, output `copies` times side by side.
 
     llama.py's `repeat_interleave` broadcasts a single KV head to the query heads that share it, and
@@ -188,10 +210,12 @@ class HeadCopies(nn.Linear):
     also for an unsharded model with one KV head and "math" attention). Concatenated copies compile,
     are bitwise the same values, and leave `repeat_interleave` a factor of 1."""
 
-    copies = 1
+    def __init__(self, projection: nn.Module, copies: int):
+        super().__init__()
+        self.projection, self.copies = projection, copies
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([super().forward(x)] * self.copies, dim=-1)
+        return torch.cat([self.projection(x)] * self.copies, dim=-1)
 
 
 def causal_mask(seq_len: int, dtype: torch.dtype, device: int) -> torch.Tensor:
@@ -243,14 +267,13 @@ def _attention_shard(src: Attention, config: LlamaConfig, tp: int, device: int) 
     with torch.device("meta"):
         shard = Attention(config)
     shard.impl, shard.n_heads, shard.n_kv_heads = _attention_key(src.impl, device), n_q, len(kv_range)
-    kv_cls = nn.Linear
+    shard.q_proj = _projection(src.q_proj, device, rows=q)
+    shard.k_proj = _projection(src.k_proj, device, rows=kv)
+    shard.v_proj = _projection(src.v_proj, device, rows=kv)
     if len(kv_range) == 1 and n_q > 1:
-        kv_cls, shard.n_kv_heads = HeadCopies, n_q
-    shard.q_proj = _linear(src.q_proj.weight[q], device)
-    shard.k_proj = _linear(src.k_proj.weight[kv], device, kv_cls)
-    shard.v_proj = _linear(src.v_proj.weight[kv], device, kv_cls)
-    shard.k_proj.copies = shard.v_proj.copies = shard.n_kv_heads // len(kv_range)
-    shard.o_proj = _linear(src.o_proj.weight[:, q], device)
+        shard.n_kv_heads = n_q
+        shard.k_proj, shard.v_proj = HeadCopies(shard.k_proj, n_q), HeadCopies(shard.v_proj, n_q)
+    shard.o_proj = _projection(src.o_proj, device, cols=q, name=f"o_proj at TP {tp}")
     return shard
 
 
@@ -261,9 +284,9 @@ def _ffn_shard(src: FeedForward, config: LlamaConfig, tp: int, device: int) -> F
     with torch.device("meta"):
         shard = FeedForward(config)
     shard.act = src.act
-    shard.gate_proj = _linear(src.gate_proj.weight[cols], device)
-    shard.up_proj = _linear(src.up_proj.weight[cols], device)
-    shard.down_proj = _linear(src.down_proj.weight[:, cols], device)
+    shard.gate_proj = _projection(src.gate_proj, device, rows=cols)
+    shard.up_proj = _projection(src.up_proj, device, rows=cols)
+    shard.down_proj = _projection(src.down_proj, device, cols=cols, name=f"down_proj at TP {tp}")
     return shard
 
 
@@ -274,6 +297,10 @@ def _ffn_shard(src: FeedForward, config: LlamaConfig, tp: int, device: int) -> F
 _GATHER = {"q_proj": (-1, "all"), "k_proj": (-1, "kv"), "v_proj": (-1, "kv"), "rope_q": (1, "all"),
            "rope_k": (1, "kv"), "attention": (-1, "all"), "gate_proj": (-1, "all"), "up_proj": (-1, "all"),
            "swiglu": (-1, "all")}
+
+
+def _copies(projection: nn.Module) -> int:
+    return projection.copies if isinstance(projection, HeadCopies) else 1
 
 
 class ShardedDecoderLayer(nn.Module):
@@ -307,7 +334,7 @@ class ShardedDecoderLayer(nn.Module):
                 if which == "all":
                     parts = [shard_taps[d][name] for d in range(self.tp)]
                 else:  # one part per KV shard, HeadCopies' copies left out
-                    parts = [shard_taps[d][name].tensor_split(self.self_attn[d].k_proj.copies, dim)[0]
+                    parts = [shard_taps[d][name].tensor_split(_copies(self.self_attn[d].k_proj), dim)[0]
                              for d in kv_owners(self.config, self.tp)]
                 taps[name] = gather(parts, dim)
         return out
