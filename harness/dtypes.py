@@ -15,7 +15,9 @@ DTYPES: dict[str, torch.dtype] = {
 
 # Weight-quantized variants (harness/model/quant.py): quantized weights dequantized in the graph,
 # activations in fp32, so they compute in (and are judged as) fp32.
-QUANTIZED = ("q8_0", "q5_0", "q4_1", "q4_k", "int8", "fp8e4m3fn", "fp8e4m3fnuz")  # harness/model/quant.py
+# harness/model/quant.py (weight-only), harness/model/w8a8.py
+QUANTIZED = ("q8_0", "q5_0", "q4_1", "q4_k", "int8", "fp8e4m3fn", "fp8e4m3fnuz", "w8a8_int8", "w8a8_fp8e4m3fn",
+             "w8a8_fp8e4m3fnuz")
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+from harness.model import w8a8
 from harness.numerics import metrics
 from harness.numerics.tolerance import judge
 from harness.pipeline import Pipeline
@@ -28,10 +29,17 @@ def check(p: Pipeline) -> dict:
     tp1_verdict, tp1_metrics = None, {}
     if p.config.tp > 1:
         tp1 = p.iree_engine(tp=1).logits(p.tokens)
-        tp1_verdict = judge(compiled, tp1, oracle, p.dtype, "compiled TP 1")
         tp1_metrics = {"compiled_vs_tp1": metrics.compare(compiled, tp1)}
+        # Activation quantizers make any two fp32 computations differ by chance code flips: TP 1 is no
+        # finer a reference than eager there (w8a8.py).
+        if p.quant not in w8a8.SCHEMES:
+            tp1_verdict = judge(compiled, tp1, oracle, p.dtype, "compiled TP 1")
     with p.stage("numerics") as st:
-        verdict = judge(compiled, eager, oracle, p.dtype)
+        if p.quant in w8a8.SCHEMES:
+            noisy = w8a8.noisy_reference(lambda: p.eager.logits(p.tokens), eager)
+            verdict = judge(compiled, noisy, eager, p.dtype, "noisy eager", oracle_name="eager", multiple=1.0)
+        else:
+            verdict = judge(compiled, eager, oracle, p.dtype)
         failed = [v.reason for v in (verdict, tp1_verdict) if v and not v.passed]
         st.status, st.error = ("failed", "; ".join(failed)) if failed else ("passed", "")
     return p.record(

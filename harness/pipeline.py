@@ -16,7 +16,7 @@ from functools import cached_property
 
 import torch
 
-from harness import records
+from harness import records, variants
 from harness.cache import PROJECT_ROOT, digest
 from harness.dtypes import quantization, torch_dtype
 from harness.engines import EagerEngine, IreeEngine
@@ -26,15 +26,15 @@ from harness.iree.export import export_program
 from harness.iree.runtime import CompiledModule
 from harness.iree.stages import StageFailure
 from harness.iree.targets import FP8_DECODE, Target
+from harness.model import w8a8
 from harness.model.shard import check_tp, shard
 from harness.models import ModelSpec, resolve
 from harness.programs import forward_entries, layer_entries
-from harness import variants
 
 # Sources whose text decides what an export contains: a change to any of them invalidates the cache.
 EXPORT_SOURCES = ("harness/model/llama.py", "harness/model/config.py", "harness/model/precision.py",
-                  "harness/model/shard.py", "harness/model/quant.py", "harness/variants.py", "harness/faults.py",
-                  "harness/programs.py", "harness/iree/export.py", "harness/pipeline.py")
+                  "harness/model/shard.py", "harness/model/quant.py", "harness/model/w8a8.py", "harness/variants.py",
+                  "harness/faults.py", "harness/programs.py", "harness/iree/export.py", "harness/pipeline.py")
 SAMPLE_TEXT = PROJECT_ROOT / "harness/data/wikitext2/wiki.test.raw"
 
 
@@ -94,7 +94,8 @@ class Pipeline:
 
     @cached_property
     def eager(self) -> EagerEngine:
-        return variants.eager_reference(self.weights, self.dtype, self.config.eager_mode, self.attention, self.quant)
+        return variants.eager_reference(self.weights, self.dtype, self.config.eager_mode, self.attention, self.quant,
+                                        self.calibration)
 
     @cached_property
     def fp32_reference(self) -> EagerEngine:
@@ -103,7 +104,16 @@ class Pipeline:
 
     @cached_property
     def oracle(self) -> EagerEngine:
-        return variants.oracle(self.weights, self.dtype, self.attention, self.quant)
+        return variants.oracle(self.weights, self.dtype, self.attention, self.quant, self.calibration)
+
+    @cached_property
+    def calibration(self) -> dict | None:
+        """A W8A8 variant's activation statistics, from eager fp32 (harness/model/w8a8.py)."""
+        if self.quant not in w8a8.SCHEMES:
+            return None
+        tokenizer = self.spec.load_tokenizer() if self.spec.real_text else None
+        return w8a8.calibrate(self.fp32_reference.model,
+                              w8a8.calibration_batches(tokenizer, self.weights.config.vocab_size))
 
     @property
     def attention(self) -> str:
@@ -136,7 +146,7 @@ class Pipeline:
         if label not in self._modules:
             fp8_decode = FP8_DECODE[self.config.target.hal_target_device]
             model = variants.build_model(self.weights, self.dtype, attention=self.attention, quant=self.quant,
-                                         fp8_decode=fp8_decode)
+                                         fp8_decode=fp8_decode, calibration=self.calibration)
             if self.fault:
                 self.fault.apply(model)
             if tp > 1:

@@ -13,6 +13,7 @@ import torch
 
 from harness import dtypes, end_to_end
 from harness.errors import HarnessError
+from harness.model import w8a8
 from harness.model.config import SMOLLM2_135M, TOY_TP8
 from harness.model.llama import Llama
 from harness.model.quant import (FP8, SCHEMES, QuantLinear, _gguf_blocks, effective_scheme, fp8_table, layout,
@@ -70,7 +71,7 @@ def test_q4_k_falls_back_to_q5_0_where_rows_do_not_fill_super_blocks():
 
 
 def test_every_scheme_is_a_dtype():
-    assert set(dtypes.QUANTIZED) == set(SCHEMES)
+    assert set(dtypes.QUANTIZED) == set(SCHEMES) | set(w8a8.SCHEMES)
 
 
 @pytest.mark.parametrize("name", ["layers.0.self_attn.q_proj.weight", "layers.29.mlp.down_proj.weight"])

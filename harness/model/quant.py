@@ -190,7 +190,7 @@ class QuantLinear(nn.Module):
 
 def layout(model: Llama) -> dict[str, int]:
     """How many decoder-layer projections each format holds (a fallback shows here)."""
-    schemes = [m.scheme for m in model.modules() if isinstance(m, QuantLinear)]
+    schemes = [m.scheme for m in model.modules() if hasattr(m, "scheme")]
     return {s: schemes.count(s) for s in sorted(set(schemes))}
 
 

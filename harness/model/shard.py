@@ -63,7 +63,7 @@ from harness.errors import HarnessError
 from harness.model.config import LlamaConfig
 from harness.model.llama import (ATTENTION, SUB_BLOCKS, Attention, DecoderLayer, FeedForward, Llama, RMSNorm,
                                  rope_tables)
-from harness.model.quant import QuantLinear, block_size, effective_scheme
+from harness.model.quant import block_size, effective_scheme
 
 # --- which sizes fit, and who holds what ---------------------------------------------------------------
 
@@ -187,7 +187,7 @@ def _linear(weight: torch.Tensor, device: int) -> nn.Linear:
 def _projection(src: nn.Module, device: int, rows: slice = slice(None), cols: slice = slice(None),
                 name: str = "") -> nn.Module:
     """Device `device`'s part weight[rows, cols] of a projection, plain or quantized (its blocks kept)."""
-    if isinstance(src, QuantLinear):
+    if hasattr(src, "sliced"):  # quantized: quant.QuantLinear, w8a8.W8A8Linear
         part = src.sliced(rows, cols, name)
         for buf in part.buffers():
             DeviceTensorTrait(device).set(buf)

@@ -43,14 +43,16 @@ class Verdict:
         return dataclasses.asdict(self)
 
 
-def budget(eager_error: float, scale: float, dtype: torch.dtype) -> float:
-    return MULTIPLE[dtype] * eager_error + FLOOR_ULPS * eps(dtype) * scale
+def budget(eager_error: float, scale: float, dtype: torch.dtype, multiple: float | None = None) -> float:
+    return (MULTIPLE[dtype] if multiple is None else multiple) * eager_error + FLOOR_ULPS * eps(dtype) * scale
 
 
 def judge(result: torch.Tensor, eager: torch.Tensor, oracle: torch.Tensor, dtype: torch.dtype,
-          reference: str = "eager") -> Verdict:
+          reference: str = "eager", oracle_name: str = "fp64 oracle", multiple: float | None = None) -> Verdict:
     """Judge `result` (e.g. the compiled output) for a model run in `dtype`, against the error of
-    `eager` (or of another `reference`, so named in the reason: e.g. the compiled TP 1 model)."""
+    `eager` (or of another `reference`, so named in the reason: e.g. the compiled TP 1 model), both
+    measured against `oracle` (the fp64 oracle, unless `oracle_name` says otherwise), with the dtype's
+    multiple unless `multiple` is given."""
     if not metrics.all_finite(result):
         n_bad = int((~torch.isfinite(result)).sum())
         return Verdict(False, f"{n_bad} non-finite values (NaN/Inf)", float("inf"), {}, {})
@@ -58,13 +60,13 @@ def judge(result: torch.Tensor, eager: torch.Tensor, oracle: torch.Tensor, dtype
         return Verdict(False, f"the {reference} reference itself has NaN/Inf", float("inf"), {}, {})
     errors = {"rmse": metrics.rmse(result, oracle), "max_abs": metrics.max_abs(result, oracle)}
     budgets = {
-        "rmse": budget(metrics.rmse(eager, oracle), metrics.rms(oracle), dtype),
-        "max_abs": budget(metrics.max_abs(eager, oracle), float(oracle.abs().max()), dtype),
+        "rmse": budget(metrics.rmse(eager, oracle), metrics.rms(oracle), dtype, multiple),
+        "max_abs": budget(metrics.max_abs(eager, oracle), float(oracle.abs().max()), dtype, multiple),
     }
     ratios = {k: errors[k] / budgets[k] for k in errors}
     worst = max(ratios, key=ratios.get)
     passed = ratios[worst] <= 1.0
-    reason = (f"{worst} vs fp64 oracle {errors[worst]:.3g} {'<=' if passed else '>'} budget "
-              f"{budgets[worst]:.3g} ({MULTIPLE[dtype]:g} x {reference} {str(dtype).removeprefix('torch.')} error + "
+    reason = (f"{worst} vs {oracle_name} {errors[worst]:.3g} {'<=' if passed else '>'} budget "
+              f"{budgets[worst]:.3g} ({MULTIPLE[dtype] if multiple is None else multiple:g} x {reference} {str(dtype).removeprefix('torch.')} error + "
               f"{FLOOR_ULPS:g} ulp floor)")
     return Verdict(passed, reason, ratios[worst], errors, budgets)
