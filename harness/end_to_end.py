@@ -37,7 +37,8 @@ def check(p: Pipeline) -> dict:
     with p.stage("numerics") as st:
         if p.quant in w8a8.SCHEMES:
             noisy = w8a8.noisy_reference(lambda: p.eager.logits(p.tokens), eager)
-            verdict = judge(compiled, noisy, eager, p.dtype, "noisy eager", oracle_name="eager", multiple=1.0)
+            verdict = judge(compiled, noisy, eager, p.dtype, "noisy eager", oracle_name="eager", multiple=1.0,
+                            measures=("rmse",))
         else:
             verdict = judge(compiled, eager, oracle, p.dtype)
         failed = [v.reason for v in (verdict, tp1_verdict) if v and not v.passed]

@@ -66,8 +66,9 @@ def test_q4_k_falls_back_to_q5_0_where_rows_do_not_fill_super_blocks():
     assert effective_scheme("q4_k", 576) == "q5_0" and effective_scheme("q4_k", 1536) == "q4_k"
     assert effective_scheme("q4_1", 576) == "q4_1"
     assert QuantLinear(weight(cols=96), "q4_k").scheme == "q5_0"
-    p = Pipeline(RunConfig("smollm2-135m", "q4_k"))
-    assert layout(p.eager.model) == {"q4_k": 30, "q5_0": 180}
+    c = SMOLLM2_135M
+    in_widths = [c.dim] * 6 + [c.ffn_dim]  # q, k, v, o (n_heads * head_dim = dim), gate, up; down
+    assert [effective_scheme("q4_k", w) for w in in_widths] == ["q5_0"] * 6 + ["q4_k"]
 
 
 def test_every_scheme_is_a_dtype():

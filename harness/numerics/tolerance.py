@@ -48,11 +48,12 @@ def budget(eager_error: float, scale: float, dtype: torch.dtype, multiple: float
 
 
 def judge(result: torch.Tensor, eager: torch.Tensor, oracle: torch.Tensor, dtype: torch.dtype,
-          reference: str = "eager", oracle_name: str = "fp64 oracle", multiple: float | None = None) -> Verdict:
+          reference: str = "eager", oracle_name: str = "fp64 oracle", multiple: float | None = None,
+          measures: tuple[str, ...] = ("rmse", "max_abs")) -> Verdict:
     """Judge `result` (e.g. the compiled output) for a model run in `dtype`, against the error of
     `eager` (or of another `reference`, so named in the reason: e.g. the compiled TP 1 model), both
     measured against `oracle` (the fp64 oracle, unless `oracle_name` says otherwise), with the dtype's
-    multiple unless `multiple` is given."""
+    multiple unless `multiple` is given, on the `measures` named (RMSE and max abs error by default)."""
     if not metrics.all_finite(result):
         n_bad = int((~torch.isfinite(result)).sum())
         return Verdict(False, f"{n_bad} non-finite values (NaN/Inf)", float("inf"), {}, {})
@@ -63,7 +64,7 @@ def judge(result: torch.Tensor, eager: torch.Tensor, oracle: torch.Tensor, dtype
         "rmse": budget(metrics.rmse(eager, oracle), metrics.rms(oracle), dtype, multiple),
         "max_abs": budget(metrics.max_abs(eager, oracle), float(oracle.abs().max()), dtype, multiple),
     }
-    ratios = {k: errors[k] / budgets[k] for k in errors}
+    ratios = {k: errors[k] / budgets[k] for k in measures}
     worst = max(ratios, key=ratios.get)
     passed = ratios[worst] <= 1.0
     reason = (f"{worst} vs {oracle_name} {errors[worst]:.3g} {'<=' if passed else '>'} budget "
