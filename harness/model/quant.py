@@ -30,6 +30,8 @@ Schemes, by --dtype name:
 
 from __future__ import annotations
 
+from typing import Callable
+
 import gguf
 import numpy as np
 import torch
@@ -95,6 +97,11 @@ def fp8_table(dtype: torch.dtype) -> torch.Tensor:
     return torch.arange(256, dtype=torch.int32).to(torch.uint8).view(dtype).float()
 
 
+def fp8_values(codes: torch.Tensor, dtype: torch.dtype, table: torch.Tensor | None) -> torch.Tensor:
+    """The fp32 values of fp8 `codes` (bytes): looked up in `table` where given, else cast."""
+    return table.float()[codes.long()] if table is not None else codes.view(dtype).float()
+
+
 class QuantLinear(nn.Module):
     """A bias-free linear layer whose weight is stored quantized and dequantized on every call."""
 
@@ -145,9 +152,7 @@ class QuantLinear(nn.Module):
             return self._q4_k_weight()
         if self.scheme == "int8":
             return self.codes.float() * self.scale.float()
-        if self.fp8_decode == "table":
-            return self.table.float()[self.codes.long()] * self.scale.float()
-        return self.codes.view(FP8[self.scheme]).float() * self.scale.float()
+        return fp8_values(self.codes, FP8[self.scheme], self._buffers.get("table")) * self.scale.float()
 
     @property
     def block(self) -> int:
@@ -194,11 +199,20 @@ def layout(model: Llama) -> dict[str, int]:
     return {s: schemes.count(s) for s in sorted(set(schemes))}
 
 
+def projection_names(model: Llama) -> list[str]:
+    """Every decoder-layer projection's module path, "layers.<i>.<projection>"."""
+    return [f"layers.{i}.{path}" for i in range(len(model.layers)) for path in PROJECTIONS]
+
+
+def replace_projections(model: Llama, make: Callable[[str, nn.Linear], nn.Module]) -> Llama:
+    """`model` with each decoder-layer projection replaced by make(its path, the projection)."""
+    for path in projection_names(model):
+        parent, name = path.rsplit(".", 1)
+        block = model.get_submodule(parent)
+        setattr(block, name, make(path, getattr(block, name)))
+    return model
+
+
 def quantize(model: Llama, scheme: str, fp8_decode: str = "native") -> Llama:
     """`model` (fp32) with every decoder-layer projection replaced by its `scheme` QuantLinear."""
-    for layer in model.layers:
-        for path in PROJECTIONS:
-            parent, name = path.split(".")
-            block = getattr(layer, parent)
-            setattr(block, name, QuantLinear(getattr(block, name).weight, scheme, fp8_decode))
-    return model
+    return replace_projections(model, lambda _, linear: QuantLinear(linear.weight, scheme, fp8_decode))

@@ -44,7 +44,7 @@ from torch import nn
 
 from harness.data.dataset import load_text
 from harness.model.llama import Llama
-from harness.model.quant import FP8, PROJECTIONS, fp8_table
+from harness.model.quant import FP8, fp8_table, fp8_values, projection_names, replace_projections
 
 SCHEMES = ("w8a8_int8", "w8a8_fp8e4m3fn", "w8a8_fp8e4m3fnuz")
 CALIBRATION_WINDOWS, CALIBRATION_LEN = 4, 512  # real text; toys: 4 x 64 random ids
@@ -91,8 +91,7 @@ def calibrate(model: Llama, batches: Iterable[torch.Tensor]) -> dict[str, torch.
             stats[name] = torch.maximum(stats[name], amax) if name in stats else amax
         return hook
 
-    handles = [model.get_submodule(f"layers.{i}.{path}").register_forward_pre_hook(record(f"layers.{i}.{path}"))
-               for i in range(len(model.layers)) for path in PROJECTIONS]
+    handles = [model.get_submodule(name).register_forward_pre_hook(record(name)) for name in projection_names(model)]
     try:
         with torch.no_grad():
             for tokens in batches:
@@ -166,11 +165,7 @@ class W8A8Linear(nn.Module):
         if self.fmt == "int8":
             acc = torch.matmul(codes.to(torch.int32), self.codes.to(torch.int32).t()).to(x.dtype)
         else:
-            if self.fp8_decode == "table":
-                w = self.table.to(x.dtype)[self.codes.long()]
-            else:
-                w = self.codes.view(FP8[self.fmt]).to(x.dtype)
-            acc = F.linear(codes, w)
+            acc = F.linear(codes, fp8_values(self.codes, FP8[self.fmt], self._buffers.get("table")).to(x.dtype))
         return acc * (self.x_scale.to(x.dtype) * self.w_scale.to(x.dtype))
 
     def sliced(self, rows: slice, cols: slice, name: str = "the projection") -> "W8A8Linear":
@@ -192,10 +187,4 @@ class W8A8Linear(nn.Module):
 def quantize_w8a8(model: Llama, scheme: str, stats: dict[str, torch.Tensor], fp8_decode: str = "native") -> Llama:
     """`model` (fp32) with every decoder-layer projection replaced by its W8A8Linear, scaled by `stats`
     (`calibrate`'s, from the same fp32 model)."""
-    for i, layer in enumerate(model.layers):
-        for path in PROJECTIONS:
-            parent, name = path.split(".")
-            block = getattr(layer, parent)
-            setattr(block, name, W8A8Linear(getattr(block, name).weight, stats[f"layers.{i}.{path}"], scheme,
-                                            fp8_decode))
-    return model
+    return replace_projections(model, lambda path, linear: W8A8Linear(linear.weight, stats[path], scheme, fp8_decode))
