@@ -34,6 +34,9 @@ def pytest_configure(config):
         run_dir = str(Path(config.getoption("report_dir")) / name)
         if not config.option.xmlpath:
             config.option.xmlpath = str(Path(run_dir) / "junit.xml")
+        # The run exists from its start, whatever check writes first (a layer check writes its plot
+        # before its record); xdist workers receive the made directory.
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
     config.harness_run_dir = Path(run_dir)
     config.harness_pipelines = {}
     try:

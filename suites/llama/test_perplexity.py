@@ -13,11 +13,13 @@ from harness.perplexity.check import evaluate
 def test_perplexity(pipeline, write_record, pytestconfig, conclude):
     opt = pytestconfig.getoption
     config = pipeline.config
-    if not pipeline.spec.real_text:
-        pytest.skip(f"{config.model} is a random toy without a tokenizer")
     nightly = opt("nightly")
-    if not nightly and config.dtype not in opt("ppl_dtypes").split(","):
-        pytest.skip(f"{config.dtype} perplexity is in the nightly tier (--nightly, or --ppl-dtypes)")
+    reason = (f"perplexity: {config.model} is a random toy without a tokenizer" if not pipeline.spec.real_text
+              else f"perplexity: {config.dtype} is in the nightly tier (--nightly, or --ppl-dtypes)"
+              if not nightly and config.dtype not in opt("ppl_dtypes").split(",") else None)
+    if reason:  # in the report, not only in pytest's output
+        write_record({"kind": "skipped", "config": config.id, "reason": reason})
+        pytest.skip(reason)
     try:
         rec = evaluate(pipeline, n_windows=None if nightly else opt("ppl_windows"), n_ctx=opt("ppl_n_ctx"),
                        scheme=opt("ppl_scheme"), dataset=opt("dataset"), form=opt("text_form"),
