@@ -40,6 +40,7 @@ def pytest_configure(config):
     config.harness_run_dir = Path(run_dir)
     config.harness_pipelines = {}
     try:
+        options.apply_threads(config.getoption("threads"))
         config.harness_expected = expected.load(Path(config.getoption("expected_failures")))
         config.harness_shard = config.getoption("shard") and options.parse_shard(config.getoption("shard"))
     except HarnessError as e:

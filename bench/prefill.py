@@ -1,7 +1,10 @@
 """Prefill speed of eager and IREE side by side, in one run: tokens/s of each, their ratio, and the
 share of this machine's fp32 FLOP limit (a GEMM peak measured in the same run), with export and compile
 time and the process's peak RSS, per model / dtype / TP. Ratios from one run are the figures that hold
-on a noisy shared machine.
+on a noisy shared machine. For fp16 / bf16 eager runs twice: emulated (the harness's default reference:
+fp32 arithmetic rounded at op boundaries) and native (torch's own half-precision kernels, fast on CPUs
+with AVX512-FP16 / AVX512-BF16 / AMX, ~100x slower without). It prints the CPU, its features, the threads
+eager uses and IREE's CPU workers (`--threads` sets both).
 
     .venv/bin/python bench/prefill.py [--model smollm2-135m] [--dtype fp32,fp16,bf16] [--tp 1] [--seq-len 512]
 
@@ -50,10 +53,15 @@ def main() -> None:
     ap.add_argument("--tp", default="1")
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3, help="timed prefills per engine (median)")
+    ap.add_argument("--threads", type=int, default=0, help="eager threads and IREE CPU workers (default: one per core)")
+    ap.add_argument("--no-native", action="store_true", help="skip native fp16 / bf16 eager (~100x slower on CPUs "
+                    "without half-precision units)")
     args = ap.parse_args()
     warnings.simplefilter("ignore", FutureWarning)
+    from harness import options, records, variants
     from harness.pipeline import Pipeline, RunConfig
 
+    options.apply_threads(args.threads)
     peak = gemm_peak_gflops()
     print(f"fp32 GEMM peak (torch, {torch.get_num_threads()} threads): {peak:.1f} GFLOP/s", flush=True)
     rows = []
@@ -63,20 +71,29 @@ def main() -> None:
             engine = p.iree_engine()
             tokens = p.tokens
             gflop = model_gflop(p.weights.config, tokens.shape[1])
+            engines = {"eager": p.eager.logits, "iree": engine.logits}
+            if p.dtype != torch.float32 and not args.no_native:
+                engines["native"] = variants.eager_reference(p.weights, p.dtype, "native", p.attention).logits
             times = {}
-            for name, fn in (("eager", p.eager.logits), ("iree", engine.logits)):
+            for name, fn in engines.items():
                 fn(tokens)  # warm up
                 times[name] = statistics.median(_timed(lambda: fn(tokens)) for _ in range(args.repeats))
             n = tokens.shape[1]
-            rows.append([args.model, dtype, tp, n, f"{n / times['eager']:.0f}", f"{n / times['iree']:.0f}",
-                         f"{times['eager'] / times['iree']:.2f}x", f"{gflop / times['iree'] / peak:.0%}",
+            native = times.get("native")
+            rows.append([args.model, dtype, tp, n, f"{n / times['eager']:.0f}", f"{n / native:.0f}" if native else "",
+                         f"{n / times['iree']:.0f}", f"{times['eager'] / times['iree']:.2f}x",
+                         f"{native / times['iree']:.2f}x" if native else "", f"{gflop / times['iree'] / peak:.0%}",
                          f"{p.stages['export'].seconds:.1f}" + (" (cached)" if p.stages["export"].cached else ""),
                          f"{p.stages['compile'].seconds:.1f}" + (" (cached)" if p.stages["compile"].cached else ""),
                          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f}"])
             print(rows[-1], flush=True)
+    m = records.machine()
+    print(f"\n{m['cpu']} (LLVM {m['llvm_cpu']}; {' '.join(m['cpu_features'])}), {m['threads']} threads eager, "
+          f"{m['iree_workers']} IREE CPU workers; fp32 GEMM peak {peak:.1f} GFLOP/s")
     print(tabulate(rows, tablefmt="github", headers=[
-        "model", "dtype", "TP", "tokens", "eager tok/s", "IREE tok/s", "IREE / eager", "IREE % of fp32 peak",
-        "export s", "compile s", "peak RSS GiB (process so far)"]))
+        "model", "dtype", "TP", "tokens", "eager tok/s (fp32; fp16/bf16 emulated)", "eager native tok/s",
+        "IREE tok/s", "IREE / eager", "IREE / eager native", "IREE % of fp32 peak", "export s", "compile s",
+        "peak RSS GiB (process so far)"]))
 
 
 if __name__ == "__main__":

@@ -119,6 +119,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        options.apply_threads(getattr(args, "threads", 0))
         return args.func(args)
     except HarnessError as e:
         print(f"error: {e}", file=sys.stderr)

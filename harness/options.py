@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
+
 from harness import expected
 from harness.errors import HarnessError
 from harness.iree.targets import Target
@@ -56,6 +58,8 @@ TARGET_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
                             "as matmul + softmax, in eager and compiled alike (default: math on local, sdpa on "
                             "GPUs)")),
     (("--iree-compile-flag",), dict(action="append", default=[], help="extra iree-compile flag; repeatable")),
+    (("--threads",), dict(type=int, default=0, help="CPU threads of eager torch and of IREE's local-task workers "
+                          "alike (default: torch's count, one per core)")),
 ]
 PERPLEXITY_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     (("--ppl-n-ctx",), dict(type=int, default=512, help="perplexity window length (default 512, llama.cpp's)")),
@@ -114,6 +118,14 @@ def in_shard(config_ids: list[str | None], shard: tuple[int, int]) -> list[bool]
     index, count = shard
     order = list(dict.fromkeys(c for c in config_ids if c is not None))
     return [(order.index(c) if c is not None else 0) % count == index for c in config_ids]
+
+
+def apply_threads(threads: int) -> None:
+    """`--threads`: eager's thread count, which IREE's CPU devices then take as their worker count."""
+    if threads < 0:
+        raise HarnessError(f"--threads {threads}: must be a positive count (or 0 for one per core)")
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def target(get: Callable[[str], object]) -> Target:

@@ -57,6 +57,7 @@ class RunConfig:
         return shlex.join(["python", "-m", "harness", "run", "--model", self.model, "--dtype", self.dtype,
                            "--tp", str(self.tp), "--seq-len", str(self.seq_len),
                            "--iree-hal-target-device", t.hal_target_device, "--iree-device", t.device(self.tp),
+                           "--threads", str(torch.get_num_threads()),
                            *(["--attention", t.attention] if t.attention else [])])
 
 
@@ -169,7 +170,8 @@ class Pipeline:
             with self.stage("compile", label) as st:
                 vmfb, st.seconds, st.cached = compile_module(exported.mlir, flags)
             with self.stage("run", label):
-                self._modules[label] = CompiledModule(vmfb, exported.irpa, self.config.target.device(tp), tp)
+                self._modules[label] = CompiledModule(vmfb, exported.irpa, self.config.target.device(tp), tp,
+                                                      source=(exported.mlir, flags))
         return self._modules[label]
 
     def iree_engine(self, seq_len: int | None = None, tp: int | None = None, first: int = 0) -> IreeEngine:
@@ -185,5 +187,6 @@ class Pipeline:
                         if "weights" in self.__dict__ else None),
             "stages": {k: dataclasses.asdict(v) for k, v in self.stages.items()},
             "fault": self.fault.id if self.fault else None,
-            "command": cfg.command(), "versions": records.versions(), "time": time.time(), **fields,
+            "command": cfg.command(), "versions": records.versions(), "machine": records.machine(), "time": time.time(),
+            **fields,
         }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import shutil
 from pathlib import Path
 
@@ -164,8 +165,17 @@ def _versions(recs: list[dict]) -> str:
     return "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
 
 
+def _machine(recs: list[dict]) -> str:
+    """The machines the records were measured on (several after a merge of shards)."""
+    seen = {json.dumps(r["machine"], sort_keys=True): r["machine"] for r in recs if "machine" in r}
+    return "Machine: " + ("; ".join(
+        f"{m['cpu']} (LLVM {m['llvm_cpu']}; {' '.join(m['cpu_features']) or 'no notable features'}), "
+        f"{m['threads']} threads eager, {m['iree_workers'] or 'no'} IREE CPU workers" for m in seen.values())
+        or "not recorded")
+
+
 def markdown(run_dir: Path, recs: list[dict]) -> str:
-    parts = [f"# Harness run `{run_dir.name}`", "", _versions(recs), ""]
+    parts = [f"# Harness run `{run_dir.name}`", "", _machine(recs), "", _versions(recs), ""]
     for title, (headers, rows) in sections(recs):
         if headers[-1] == "Plot":
             rows = [[*r[:-1], f"![plot]({r[-1]})" if r[-1] else ""] for r in rows]
@@ -202,7 +212,7 @@ STYLE = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:110em}table
 def page(run_dir: Path, recs: list[dict]) -> str:
     parts = [f"<!doctype html><meta charset='utf-8'><title>Harness run {html.escape(run_dir.name)}</title>",
              f"<style>{STYLE}</style><h1>Harness run <code>{html.escape(run_dir.name)}</code></h1>",
-             f"<p>{html.escape(_versions(recs))}</p>"]
+             f"<p>{html.escape(_machine(recs))}</p><p>{html.escape(_versions(recs))}</p>"]
     for title, (headers, rows) in sections(recs):
         parts += [f"<h2>{html.escape(title)}</h2>", _html_table(headers, rows, run_dir)]
     for rec in sorted((r for r in recs if r["kind"] == "layers" and "parts" in r), key=lambda r: r["config"]):

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from harness import end_to_end
 from harness.errors import HarnessError
@@ -43,7 +44,7 @@ def test_suite_bad_model_fails_with_one_line(tmp_path):
 
 def test_device_that_cannot_be_created():
     with pytest.raises(HarnessError, match=r"^--iree-device 'local-task://999': cannot create device"):
-        create_devices("local-task://999", 1)
+        create_devices("local-task://999", 1, threads=torch.get_num_threads())
 
 
 def test_compile_failure_is_a_failed_stage_with_a_reproducer():

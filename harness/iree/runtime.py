@@ -5,8 +5,9 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-import numpy as np
 import iree.runtime as rt
+import numpy as np
+import torch
 
 from harness.errors import HarnessError
 from harness.iree.compiler import tool
@@ -26,9 +27,36 @@ def device_uris(uri: str, count: int) -> list[str]:
     return uris * (count // len(uris))
 
 
-def create_devices(uri: str, count: int) -> list[rt.HalDevice]:
-    """`count` devices for `uri` (see `device_uris`)."""
+# The worker count this process's local-task executor was made with: IREE reads it from flags once, when
+# the driver is first made, and every local-task device of the process shares that executor.
+_workers: int | None = None
+
+
+def set_workers(count: int) -> None:
+    """Make IREE's local-task executor with `count` workers (one per thread eager uses). Left to itself
+    the runtime picks its topology from the caches it sees, which on a 2-core VM with private L2s is one
+    worker: IREE then ran on half the machine that eager ran on. TP N on CPU devices shares the one
+    executor: its N devices split `count` workers between them as their work interleaves."""
+    global _workers
+    if _workers is None:
+        rt.flags.parse_flags(f"--task_topology_group_count={count}")
+        rt.get_driver("local-task")  # made now, with that count
+        _workers = count
+    elif _workers != count:
+        raise HarnessError(f"--threads {count}: IREE's local-task executor of this process already has {_workers} "
+                           "workers (IREE makes it once per process)")
+
+
+def workers() -> int | None:
+    """The local-task worker count of this process, None before any local-task device."""
+    return _workers
+
+
+def create_devices(uri: str, count: int, threads: int) -> list[rt.HalDevice]:
+    """`count` devices for `uri` (see `device_uris`); CPU devices get `threads` workers between them."""
     uris = device_uris(uri, count)
+    if any(u.startswith("local-task") for u in uris):
+        set_workers(threads)
     try:
         if len(set(uris)) == len(uris):
             return [rt.get_device(u) for u in uris]
@@ -39,10 +67,13 @@ def create_devices(uri: str, count: int) -> list[rt.HalDevice]:
 
 
 class CompiledModule:
-    def __init__(self, vmfb: Path, irpa: Path, device_uri: str, n_devices: int = 1):
-        self.vmfb, self.irpa, self.device_uri, self.n_devices = vmfb, irpa, device_uri, n_devices
+    def __init__(self, vmfb: Path, irpa: Path, device_uri: str, n_devices: int = 1, threads: int | None = None,
+                 source: tuple[Path, list[str]] | None = None):
+        """`threads`: CPU workers, by default as many as eager torch uses (`--threads` sets both). `source`:
+        the MLIR and iree-compile flags the module was compiled from, for tools that recompile it."""
+        self.vmfb, self.irpa, self.device_uri, self.n_devices, self.source = vmfb, irpa, device_uri, n_devices, source
         try:
-            self.devices = create_devices(device_uri, n_devices)
+            self.devices = create_devices(device_uri, n_devices, threads or torch.get_num_threads())
         except HarnessError as e:
             raise StageFailure("run", str(e), self.reproducer("forward", [])) from e
         try:
@@ -77,7 +108,8 @@ class CompiledModule:
 
     def reproducer(self, function: str, input_files: list[Path]) -> str:
         devices = [f"--device={u}" for u in device_uris(self.device_uri, self.n_devices)]
+        topology = [f"--task_topology_group_count={_workers}"] if _workers else []
         return shlex.join([
-            tool("iree-run-module"), f"--module={self.vmfb}",
+            tool("iree-run-module"), f"--module={self.vmfb}", *topology,
             f"--parameters=model={self.irpa}", *devices, f"--function={function}",
             *[f"--input=@{p}" for p in input_files]])
