@@ -76,7 +76,7 @@ def main() -> None:
     run([compile_, str(mlir), *flags, f"--iree-hal-dump-executable-benchmarks-to={out}", "-o", str(out / "program.vmfb")])
     flow = run([compile_, str(mlir), *flags, "--compile-to=flow"])
     counts: dict[int, list] = {}  # dispatch index -> [name, how often the program dispatches it]
-    for name in re.findall(r"flow\.dispatch @[\w$]+::@[\w$]+::@(forward\$async_dispatch_\d+_[\w$]+)", flow):
+    for name in re.findall(r"flow\.dispatch @[\w$]+::@(forward\$async_dispatch_\d+_[\w$]+)", flow):
         entry = counts.setdefault(int(name.split("_dispatch_")[1].split("_")[0]), [name, 0])
         entry[1] += 1
 
