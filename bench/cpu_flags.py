@@ -43,42 +43,45 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="eager threads and IREE CPU workers (default: one per core)")
     args = ap.parse_args()
     warnings.simplefilter("ignore", FutureWarning)
-    from harness import end_to_end, options, records
-    from harness.errors import HarnessError
+    from harness.checks import end_to_end
+    from harness.common.errors import HarnessError
+    from harness.common.host import machine
     from harness.iree.targets import Target
-    from harness.pipeline import Pipeline, RunConfig
+    from harness.run import options
+    from harness.run.case import Case
+    from harness.run.config import RunConfig
 
     options.apply_threads(args.threads)
     rows = []
     for dtype in args.dtype.split(","):
-        judged = {}  # variant -> (engine, pipeline, verdict)
-        eager = oracle = None
+        judged = {}  # variant -> (engine, case, verdict)
+        reference = None
         for name in args.variants.split(","):
-            p = Pipeline(RunConfig(args.model, dtype, seq_len=args.seq_len, target=Target(extra_flags=VARIANTS[name])))
-            if eager is not None:  # the references do not depend on the flags: compute them once per dtype
-                p.__dict__.update(eager=eager, oracle=oracle)
+            p = Case(RunConfig(args.model, dtype, seq_len=args.seq_len, target=Target(extra_flags=VARIANTS[name])))
+            if reference is not None:  # the reference does not depend on the flags: build it once per dtype
+                p.reference = reference
             try:
-                rec = end_to_end.check(p)  # compiles, and judges these tokens
+                rec = p.run(end_to_end.check, baseline=p.tp1())  # compiles, and judges these tokens
             except HarnessError as e:
                 rows.append([dtype, name, "", "", str(e).splitlines()[0][:90], ""])
                 continue
-            eager, oracle = p.eager, p.oracle
-            judged[name] = (p.iree_engine(), p, rec["verdict"])
+            reference = p.reference
+            judged[name] = (p.candidate.forward(), p, rec["verdict"])
         times = {name: [] for name in judged}
         for _ in range(args.rounds):
             for name, (engine, p, _) in judged.items():
                 start = time.perf_counter()
-                engine.logits(p.tokens)
+                engine.logits(p.inputs.tokens)
                 times[name].append(time.perf_counter() - start)
         base = statistics.median(times["harness default"]) if "harness default" in times else None
         for name, (engine, p, verdict) in judged.items():
             t = statistics.median(times[name])
-            compile_s = p.stages["compile"].seconds
+            compile_s = p.candidate.stages["compile"].seconds
             rows.append([dtype, name, f"{args.seq_len / t:.0f}", f"{base / t:.2f}x" if base else "",
                          f"{'pass' if verdict['passed'] else 'FAIL'} {verdict['ratio']:.2f}",
-                         f"{compile_s:.0f}" + (" (cached)" if p.stages["compile"].cached else "")])
+                         f"{compile_s:.0f}" + (" (cached)" if p.candidate.stages["compile"].cached else "")])
             print(rows[-1], flush=True)
-    m = records.machine()
+    m = machine()
     print(f"\n{m['cpu']} (LLVM {m['llvm_cpu']}; {' '.join(m['cpu_features'])}), {m['threads']} threads, "
           f"{m['iree_workers']} IREE workers; {args.model}, {args.seq_len}-token prefill, median of {args.rounds} "
           "interleaved rounds")

@@ -60,20 +60,22 @@ def main() -> None:
     warnings.simplefilter("ignore", FutureWarning)
     import torch
 
-    from harness import records
+    from harness.common.host import machine
     from harness.iree.compiler import tool
     from harness.iree.targets import Target
-    from harness.pipeline import Pipeline, RunConfig
+    from harness.run.case import Case
+    from harness.run.config import RunConfig
 
-    p = Pipeline(RunConfig(args.model, args.dtype, seq_len=args.seq_len, target=Target(extra_flags=tuple(args.extra_flag))))
-    module = p.compiled("forward")
+    p = Case(RunConfig(args.model, args.dtype, seq_len=args.seq_len, target=Target(extra_flags=tuple(args.extra_flag))))
+    module = p.candidate.module("forward")
     mlir, flags = module.source
     out = Path(args.out or tempfile.mkdtemp(prefix="dispatches-"))
     out.mkdir(parents=True, exist_ok=True)
     compile_, bench = tool("iree-compile"), tool("iree-benchmark-module")
-    workers = [f"--device=local-task", f"--task_topology_group_count={torch.get_num_threads()}"]
+    workers = ["--device=local-task", f"--task_topology_group_count={torch.get_num_threads()}"]
 
-    run([compile_, str(mlir), *flags, f"--iree-hal-dump-executable-benchmarks-to={out}", "-o", str(out / "program.vmfb")])
+    run([compile_, str(mlir), *flags, f"--iree-hal-dump-executable-benchmarks-to={out}",
+         "-o", str(out / "program.vmfb")])
     flow = run([compile_, str(mlir), *flags, "--compile-to=flow"])
     counts: dict[int, list] = {}  # dispatch index -> [name, how often the program dispatches it]
     for name in re.findall(r"flow\.dispatch @[\w$]+::@(forward\$async_dispatch_\d+_[\w$]+)", flow):
@@ -96,7 +98,7 @@ def main() -> None:
     rows.sort(key=lambda r: -float(r[3]))
     for r in rows:
         r.insert(4, f"{float(r[3]) / total:.1%}")
-    m = records.machine()
+    m = machine()
     print(f"{m['cpu']} (LLVM {m['llvm_cpu']}; {' '.join(m['cpu_features'])}), {torch.get_num_threads()} workers; "
           f"{args.model} {args.dtype} forward, {args.seq_len} tokens")
     print(tabulate([r[:-1] for r in rows], tablefmt="github", headers=[

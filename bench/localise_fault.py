@@ -24,16 +24,17 @@ def main() -> None:
     args = ap.parse_args()
     os.environ["HARNESS_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-bisect-")  # cold first run
     warnings.simplefilter("ignore", FutureWarning)
-    from harness import layers
-    from harness.faults import weight_fault
-    from harness.pipeline import Pipeline, RunConfig
+    from harness.checks import bisect
+    from harness.run.case import Case
+    from harness.run.config import RunConfig
+    from harness.transforms.faults import weight_fault
 
     rows = []
     for dtype in args.dtype.split(","):
         for i, layer in enumerate(int(x) for x in args.layers.split(",")):
             fault = weight_fault(layer, args.sub_block)
             start = time.perf_counter()
-            rec = layers.bisect(Pipeline(RunConfig(args.model, dtype), fault=fault))
+            rec = Case(RunConfig(args.model, dtype), fault=fault).run(bisect.bisect)
             wall = time.perf_counter() - start
             found = (rec["layer"], rec["sub_block"]) == (f"layer_{layer}", fault.sub_block)
             rows.append([args.model, dtype, fault.id, "cold" if i == 0 else "warm",

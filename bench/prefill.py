@@ -58,8 +58,11 @@ def main() -> None:
                     "without half-precision units)")
     args = ap.parse_args()
     warnings.simplefilter("ignore", FutureWarning)
-    from harness import options, records, variants
-    from harness.pipeline import Pipeline, RunConfig
+    from harness.common.host import machine
+    from harness.reference.eager import EagerModel
+    from harness.run import options
+    from harness.run.case import Case
+    from harness.run.config import RunConfig
 
     options.apply_threads(args.threads)
     peak = gemm_peak_gflops()
@@ -67,27 +70,28 @@ def main() -> None:
     rows = []
     for dtype in args.dtype.split(","):
         for tp in (int(t) for t in args.tp.split(",")):
-            p = Pipeline(RunConfig(args.model, dtype, tp, args.seq_len))
-            engine = p.iree_engine()
-            tokens = p.tokens
+            p = Case(RunConfig(args.model, dtype, tp, args.seq_len))
+            engine = p.candidate.forward()
+            tokens = p.inputs.tokens
             gflop = model_gflop(p.weights.config, tokens.shape[1])
-            engines = {"eager": p.eager.logits, "iree": engine.logits}
-            if p.dtype != torch.float32 and not args.no_native:
-                engines["native"] = variants.eager_reference(p.weights, p.dtype, "native", p.attention).logits
+            engines = {"eager": p.reference.eager.logits, "iree": engine.logits}
+            variant = p.reference.variant
+            if variant.torch_dtype != torch.float32 and not args.no_native:
+                engines["native"] = EagerModel(variant.build(), "eager-native").logits
             times = {}
             for name, fn in engines.items():
                 fn(tokens)  # warm up
                 times[name] = statistics.median(_timed(lambda: fn(tokens)) for _ in range(args.repeats))
-            n = tokens.shape[1]
+            n, stages = tokens.shape[1], p.candidate.stages
             native = times.get("native")
             rows.append([args.model, dtype, tp, n, f"{n / times['eager']:.0f}", f"{n / native:.0f}" if native else "",
                          f"{n / times['iree']:.0f}", f"{times['eager'] / times['iree']:.2f}x",
                          f"{native / times['iree']:.2f}x" if native else "", f"{gflop / times['iree'] / peak:.0%}",
-                         f"{p.stages['export'].seconds:.1f}" + (" (cached)" if p.stages["export"].cached else ""),
-                         f"{p.stages['compile'].seconds:.1f}" + (" (cached)" if p.stages["compile"].cached else ""),
+                         *(f"{stages[s].seconds:.1f}" + (" (cached)" if stages[s].cached else "")
+                           for s in ("export", "compile")),
                          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f}"])
             print(rows[-1], flush=True)
-    m = records.machine()
+    m = machine()
     print(f"\n{m['cpu']} (LLVM {m['llvm_cpu']}; {' '.join(m['cpu_features'])}), {m['threads']} threads eager, "
           f"{m['iree_workers']} IREE CPU workers; fp32 GEMM peak {peak:.1f} GFLOP/s")
     print(tabulate(rows, tablefmt="github", headers=[

@@ -33,7 +33,7 @@ def run_suite(name: str, cache: str, extra: list[str]) -> tuple[float, int, dict
     code = subprocess.call([sys.executable, "-m", "pytest", "suites/llama", "-q", "-p", "no:cacheprovider",
                             "--run-name", name, *extra], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
-    stages: dict[tuple[str, str], float] = {}  # each record repeats its pipeline's stages: count each once
+    stages: dict[tuple[str, str], float] = {}  # each record repeats its candidate's stages: count each once
     records = ROOT / "reports" / name / "records.jsonl"
     for line in records.read_text().splitlines() if records.exists() else []:
         rec = json.loads(line)

@@ -9,11 +9,12 @@ import shlex
 import sys
 from pathlib import Path
 
-from harness import end_to_end, layers, options, records, report, trend
-from harness.errors import HarnessError
-from harness.model.shard import UnfitTP
-from harness.perplexity import check as perplexity
-from harness.pipeline import Pipeline
+from harness.checks import bisect, end_to_end, perplexity
+from harness.common.errors import HarnessError
+from harness.reporting import merge, records, summary, trend
+from harness.run import matrix, options
+from harness.run.case import Case
+from harness.transforms.shard import UnfitTP
 
 
 def _run_dir(args) -> Path:
@@ -21,43 +22,43 @@ def _run_dir(args) -> Path:
 
 
 def _each_config(args, check, kind: str) -> int:
-    """Run `check(pipeline, run_dir) -> (record, passed, text)` for every configuration of the matrix;
-    a failed stage is recorded and the others go on. Writes the records and the summary."""
+    """Run `check(case, run_dir) -> (record, passed, text)` for every configuration of the matrix; a failed
+    stage is recorded and the others go on. Writes the records and the summary."""
     run_dir, failed = _run_dir(args), 0
-    for config in options.run_configs(lambda dest: getattr(args, dest)):
-        p = Pipeline(config)
+    for config in matrix.run_configs(lambda dest: getattr(args, dest)):
+        case = Case(config)
         try:
-            rec, passed, text = check(p, run_dir)
+            rec, passed, text = check(case, run_dir)
         except UnfitTP as e:  # a --tp the model's heads cannot take: not a failure of this model
             records.append(run_dir / "records.jsonl", {"kind": "skipped", "config": config.id, "reason": str(e)})
             print(f"{config.id}: SKIP {e}")
             continue
-        except HarnessError as e:  # a failed stage (already in p.stages) or bad input for this config
-            rec, passed, text = p.record(kind, failure={"message": str(e)}), False, str(e)
+        except HarnessError as e:  # a failed stage (already in the candidate's stages) or bad input
+            rec, passed, text = case.record(kind, failure={"message": str(e)}), False, str(e)
         records.append(run_dir / "records.jsonl", rec)
         failed += not passed
         print(f"{config.id}: {'PASS' if passed else 'FAIL'} {text}")
-    print(f"report: {report.write_summary(run_dir)}")
+    print(f"report: {summary.write_summary(run_dir)}")
     return 1 if failed else 0
 
 
-def _end_to_end(p: Pipeline, run_dir: Path):
-    rec = end_to_end.check(p)
+def _end_to_end(case: Case, run_dir: Path):
+    rec = case.run(end_to_end.check, baseline=case.tp1())
     return rec, rec["verdict"]["passed"], rec["verdict"]["reason"]
 
 
-def _bisect(p: Pipeline, run_dir: Path):
-    rec = layers.bisect(p, run_dir / f"bisect-{p.config.id}")
-    return rec, not rec["diverged"] and not rec["propagated_first_failure"], "\n" + layers.format_bisect(rec)
+def _bisect(case: Case, run_dir: Path):
+    rec = case.run(bisect.bisect, artifacts=run_dir / f"bisect-{case.config.id}")
+    return rec, not rec["diverged"] and not rec["propagated_first_failure"], "\n" + bisect.format_bisect(rec)
 
 
 def _perplexity(args):
-    def check(p: Pipeline, run_dir: Path):
-        rec = perplexity.evaluate(p, engine=args.engine, n_windows=None if args.all else args.windows,
-                                  n_ctx=args.ppl_n_ctx, scheme=args.ppl_scheme, dataset=args.dataset,
-                                  form=args.text_form, progress=True, update_golden=args.update_golden,
-                                  command=shlex.join(["python", "-m", "harness", *sys.argv[1:]]),
-                                  vs_fp32=not args.no_vs_fp32)
+    def check(case: Case, run_dir: Path):
+        windows = perplexity.windows(case.reference, None if args.all else args.windows, args.ppl_n_ctx,
+                                     args.ppl_scheme, args.dataset, args.text_form)
+        rec = case.run(perplexity.evaluate, inputs=windows, golden_dir=Path(args.golden_dir), engine=args.engine,
+                       progress=True, update_golden=args.update_golden,
+                       command=shlex.join(["python", "-m", "harness", *sys.argv[1:]]), vs_fp32=not args.no_vs_fp32)
         gates = "\n".join(g["message"] for g in rec["gates"]) or "no gate applies (one engine, no golden)"
         return rec, rec["passed"], "\n" + rec["summary"] + "\n" + gates
     return _each_config(args, check, "perplexity")
@@ -84,13 +85,13 @@ def _report_parser(sub) -> None:
     diff.add_argument("--previous", action="store_true", help="diff NEW against the newest older run beside it")
     diff.add_argument("--out", help="also append the markdown to this file (e.g. $GITHUB_STEP_SUMMARY)")
     diff.set_defaults(func=_report_diff)
-    merge = rsub.add_parser("merge", help="join the runs of matrix shards (--shard i/N) into one")
-    merge.add_argument("out", help="the merged run directory")
-    merge.add_argument("runs", nargs="+", metavar="RUN")
-    merge.set_defaults(func=lambda args: print(report.merge(Path(args.out), [Path(r) for r in args.runs])) or 0)
-    summary = rsub.add_parser("summary", help="rewrite summary.md and summary.html of a run")
-    summary.add_argument("run")
-    summary.set_defaults(func=lambda args: print(report.write_summary(Path(args.run))) or 0)
+    merge_cmd = rsub.add_parser("merge", help="join the runs of matrix shards (--shard i/N) into one")
+    merge_cmd.add_argument("out", help="the merged run directory")
+    merge_cmd.add_argument("runs", nargs="+", metavar="RUN")
+    merge_cmd.set_defaults(func=lambda args: print(merge.merge(Path(args.out), [Path(r) for r in args.runs])) or 0)
+    summary_cmd = rsub.add_parser("summary", help="rewrite summary.md and summary.html of a run")
+    summary_cmd.add_argument("run")
+    summary_cmd.set_defaults(func=lambda args: print(summary.write_summary(Path(args.run))) or 0)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -99,9 +100,9 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="compiled vs eager end to end, per configuration")
     options.add_options(run.add_argument)
     run.set_defaults(func=lambda args: _each_config(args, _end_to_end, "end_to_end"))
-    bisect = sub.add_parser("bisect", help="first diverging layer and sub-block, per configuration")
-    options.add_options(bisect.add_argument)
-    bisect.set_defaults(func=lambda args: _each_config(args, _bisect, "bisect"))
+    bisect_cmd = sub.add_parser("bisect", help="first diverging layer and sub-block, per configuration")
+    options.add_options(bisect_cmd.add_argument)
+    bisect_cmd.set_defaults(func=lambda args: _each_config(args, _bisect, "bisect"))
     ppl = sub.add_parser("perplexity", help="WikiText-2 perplexity, eager and/or compiled, with gates")
     options.add_options(ppl.add_argument, options.ALL_OPTIONS + options.PERPLEXITY_OPTIONS)
     ppl.add_argument("--engine", choices=perplexity.ENGINES, default="both", help="default: both")

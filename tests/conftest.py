@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from harness.weights.packaged import shipped_smollm2_gguf
+from harness.reference.weights.packaged import shipped_smollm2_gguf
 
 
 @pytest.fixture(scope="session")

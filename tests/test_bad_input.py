@@ -7,12 +7,12 @@ import sys
 import pytest
 import torch
 
-from harness import end_to_end
-from harness.errors import HarnessError
+from harness.checks import end_to_end
+from harness.common.errors import HarnessError, StageFailure
 from harness.iree.runtime import create_devices
-from harness.iree.stages import StageFailure
 from harness.iree.targets import Target
-from harness.pipeline import Pipeline, RunConfig
+from harness.run.case import Case
+from harness.run.config import RunConfig
 
 
 def harness_cli(*args, tmp_path):
@@ -48,14 +48,14 @@ def test_device_that_cannot_be_created():
 
 
 def test_compile_failure_is_a_failed_stage_with_a_reproducer():
-    p = Pipeline(RunConfig("toy-gqa", "fp32", target=Target(extra_flags=("--no-such-iree-flag",))))
+    p = Case(RunConfig("toy-gqa", "fp32", target=Target(extra_flags=("--no-such-iree-flag",))))
     with pytest.raises(StageFailure) as failure:
-        end_to_end.check(p)
+        p.run(end_to_end.check, baseline=p.tp1())
     assert failure.value.stage == "compile"
     assert "--no-such-iree-flag" in str(failure.value).splitlines()[0]
     assert failure.value.reproducer.split()[0].endswith("iree-compile")
     assert "--no-such-iree-flag" in failure.value.reproducer
-    assert p.stages["export"].status == "passed" and p.stages["compile"].status == "failed"
+    assert p.candidate.stages["export"].status == "passed" and p.candidate.stages["compile"].status == "failed"
 
 
 def test_cli_goes_on_after_a_failed_configuration(tmp_path):

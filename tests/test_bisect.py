@@ -5,11 +5,12 @@ clean model."""
 
 import pytest
 
-from harness import layers
-from harness.faults import op_fault, weight_fault
-from harness.model.llama import SUB_BLOCKS
+from harness.checks import bisect, layers
 from harness.numerics.tolerance import Verdict
-from harness.pipeline import Pipeline, RunConfig
+from harness.reference.llama.model import SUB_BLOCKS
+from harness.run.case import Case
+from harness.run.config import RunConfig
+from harness.transforms.faults import op_fault, weight_fault
 
 TOY_FAULTS = [weight_fault(0, "q_proj"), weight_fault(0, "attn_norm"), weight_fault(1, "v_proj"),
               weight_fault(1, "o_proj"), op_fault(1), weight_fault(2, "up_proj"), weight_fault(2, "down_proj")]
@@ -18,8 +19,8 @@ TOY_FAULTS = [weight_fault(0, "q_proj"), weight_fault(0, "attn_norm"), weight_fa
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("fault", TOY_FAULTS, ids=[f.id for f in TOY_FAULTS])
 def test_toy_fault_is_localised(fault, dtype, tmp_path):
-    rec = layers.bisect(Pipeline(RunConfig("toy-tp8", dtype), fault=fault), tmp_path)
-    assert (rec["layer"], rec["sub_block"]) == (f"layer_{fault.layer}", fault.sub_block), layers.format_bisect(rec)
+    rec = Case(RunConfig("toy-tp8", dtype), fault=fault).run(bisect.bisect, artifacts=tmp_path)
+    assert (rec["layer"], rec["sub_block"]) == (f"layer_{fault.layer}", fault.sub_block), bisect.format_bisect(rec)
     assert rec["fault"] == fault.id
     assert (tmp_path / f"layer_{fault.layer}_input.npy").exists()
     assert f"--function=layer_{fault.layer}" in rec["reproducer"]
@@ -27,15 +28,15 @@ def test_toy_fault_is_localised(fault, dtype, tmp_path):
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
 def test_clean_toy_has_no_divergence(dtype):
-    rec = layers.bisect(Pipeline(RunConfig("toy-tp8", dtype)))
-    assert not rec["diverged"] and rec["propagated_first_failure"] is None, layers.format_bisect(rec)
+    rec = Case(RunConfig("toy-tp8", dtype)).run(bisect.bisect)
+    assert not rec["diverged"] and rec["propagated_first_failure"] is None, bisect.format_bisect(rec)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fault", [weight_fault(0, "q_proj"), weight_fault(29, "down_proj")], ids=lambda f: f.id)
 def test_smollm2_fault_is_localised(fault):
-    rec = layers.bisect(Pipeline(RunConfig("smollm2-135m", "fp32"), fault=fault))
-    assert (rec["layer"], rec["sub_block"]) == (f"layer_{fault.layer}", fault.sub_block), layers.format_bisect(rec)
+    rec = Case(RunConfig("smollm2-135m", "fp32"), fault=fault).run(bisect.bisect)
+    assert (rec["layer"], rec["sub_block"]) == (f"layer_{fault.layer}", fault.sub_block), bisect.format_bisect(rec)
     # One isolated pass up to the faulty layer, then its sub-blocks: never a compile per layer.
     assert rec["compiles"] <= 1
     assert rec["invocations"] <= fault.layer + 3
@@ -48,7 +49,7 @@ def _parts(failing: set[str]) -> list[layers.Part]:
 
 def test_an_absorbed_excess_is_not_the_culprit():
     # rope_q over budget but attention fine: the excess was absorbed, blame down_proj.
-    culprit = layers.first_propagating_failure(_parts({"rope_q", "down_proj", "mlp_residual"}))
+    culprit = bisect.first_propagating_failure(_parts({"rope_q", "down_proj", "mlp_residual"}))
     assert culprit.name == "down_proj"
-    assert layers.first_propagating_failure(_parts({"rope_q"})) is None
-    assert layers.first_propagating_failure(_parts({"mlp_residual"})).name == "mlp_residual"
+    assert bisect.first_propagating_failure(_parts({"rope_q"})) is None
+    assert bisect.first_propagating_failure(_parts({"mlp_residual"})).name == "mlp_residual"

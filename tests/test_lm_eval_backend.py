@@ -13,7 +13,7 @@ import torch
 from lm_eval.api.instance import Instance
 
 from harness.data.dataset import Text, load_text
-from harness.lm_eval_backend import PAD_ID, TASKS_DIR, HarnessEagerLM, HarnessLM
+from harness.lmeval.backend import PAD_ID, TASKS_DIR, HarnessEagerLM, HarnessLM
 from harness.perplexity.protocol import make_windows
 from harness.perplexity.runner import score
 
@@ -118,7 +118,7 @@ def test_model_args_ignore_lm_evals_device_and_batch_size():
 
 
 def test_wikitext_local_documents_are_the_articles():
-    from harness.lm_eval_tasks.wikitext_local import load_docs, pages
+    from harness.lmeval.tasks.wikitext_local import load_docs, pages
 
     text = load_text().text
     docs = load_docs(model="ignored")["test"]["page"]
@@ -145,7 +145,8 @@ def test_wikitext_local_word_perplexity_end_to_end(smollm2_eager):
     max_length 128 keeps it fast (the article takes 12 windows)."""
     import lm_eval
     from lm_eval.tasks import TaskManager
-    from harness.lm_eval_tasks.wikitext_local import pages, wikitext_detokenizer
+
+    from harness.lmeval.tasks.wikitext_local import pages, wikitext_detokenizer
 
     out = lm_eval.simple_evaluate(model=smollm2_eager, tasks=["wikitext_local"], limit=1,
                                   task_manager=TaskManager(include_path=str(TASKS_DIR)))

@@ -7,13 +7,18 @@ import json
 import multiprocessing
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from harness import cli, end_to_end, expected, options, records, report, trend
-from harness.errors import HarnessError
-from harness.faults import weight_fault
-from harness.pipeline import Pipeline, RunConfig
+from harness import cli
+from harness.checks import end_to_end
+from harness.common.errors import STAGES, HarnessError
+from harness.reporting import expected, merge, records, trend
+from harness.run import matrix
+from harness.run.case import Case
+from harness.run.config import RunConfig
+from harness.transforms.faults import weight_fault
 
 
 def write_run(path, recs):
@@ -31,8 +36,8 @@ def toy_records():
     """Two clean end-to-end runs of the same configuration, and one with a weight planted in the
     compiled model only (a compiler regression, as far as the harness can tell)."""
     config = RunConfig("toy-gqa", "fp32")
-    clean = [end_to_end.check(Pipeline(config)) for _ in range(2)]
-    return clean, end_to_end.check(Pipeline(config, fault=weight_fault(1, "v_proj")))
+    clean = [Case(config).run(end_to_end.check) for _ in range(2)]
+    return clean, Case(config, fault=weight_fault(1, "v_proj")).run(end_to_end.check)
 
 
 def test_clean_reruns_pass_the_gate(toy_records, tmp_path):
@@ -103,7 +108,8 @@ def test_expected_failures_file_is_validated(tmp_path):
     path.write_text('[[expected]]\nconfig = "a*"\nstage = "compile"\nerror = "x"\n')
     with pytest.raises(HarnessError, match="entry 1: .*missing 1 required positional argument: 'issue'"):
         expected.load(path)
-    assert all(e.issue and e.stage in expected.STAGES for e in expected.load(expected.DEFAULT_FILE))  # the reviewed file
+    reviewed = expected.load(Path(__file__).parents[1] / "golden/expected_failures.toml")
+    assert reviewed and all(e.issue and e.stage in STAGES for e in reviewed)
 
 
 def run_suite(tmp_path, entries: str, *args):
@@ -150,7 +156,7 @@ def test_parallel_writers_and_a_torn_line(tmp_path):
 
 def test_shards_partition_the_matrix():
     ids = ["a", "a", None, "b", "c", "b", "d", None]
-    shards = [options.in_shard(ids, (i, 3)) for i in range(3)]
+    shards = [matrix.in_shard(ids, (i, 3)) for i in range(3)]
     assert all(sum(column) == 1 for column in zip(*shards))  # every item in exactly one shard
     assert [x for x, k in zip(ids, shards[1]) if k] == ["b", "b"]
     assert [x for x, k in zip(ids, shards[0]) if k] == ["a", "a", None, "d", None]
@@ -160,14 +166,14 @@ def test_suite_runs_its_shard():
     out = subprocess.run([sys.executable, "-m", "pytest", "suites/llama/test_end_to_end.py", "--collect-only", "-q",
                           "-p", "no:cacheprovider", "--shard", "2/2"], capture_output=True, text=True).stdout
     defaults = cli.parser().parse_args(["run"])
-    configs = [c.id for c in options.run_configs(lambda dest: getattr(defaults, dest), "end_to_end")]
+    configs = [c.id for c in matrix.run_configs(lambda dest: getattr(defaults, dest), "end_to_end")]
     assert [line.split("[")[1].rstrip("]") for line in out.splitlines() if "::" in line] == configs[1::2]
 
 
 def test_merge_joins_shard_runs(toy_records, tmp_path):
     (first, _), _ = toy_records
     second = copy.deepcopy(first) | {"config": "toy-gqa-fp16-tp1"}
-    merged = report.merge(tmp_path / "merged", [write_run(tmp_path / "a", [first]), write_run(tmp_path / "b", [second])])
+    merged = merge.merge(tmp_path / "merged", [write_run(tmp_path / "a", [first]), write_run(tmp_path / "b", [second])])
     text = merged.read_text()
     assert "toy-gqa-fp32-tp1" in text and "toy-gqa-fp16-tp1" in text
     assert "<table>" in (tmp_path / "merged" / "summary.html").read_text()

@@ -9,7 +9,8 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from harness.errors import HarnessError
+from harness.common.errors import HarnessError
+from harness.numerics.tolerance import perplexity_budget
 from harness.perplexity import gate
 from harness.perplexity.gate import ALPHA, golden_gate, make_golden, paired_gate, read_golden, write_golden
 from harness.perplexity.protocol import Protocol
@@ -100,9 +101,9 @@ def test_non_finite_always_fails():
 
 
 def test_budgets_by_dtype():
-    assert gate.budget("fp32").paired < gate.budget("fp16").paired < gate.budget("bf16").paired
+    assert perplexity_budget("fp32").paired < perplexity_budget("fp16").paired < perplexity_budget("bf16").paired
     with pytest.raises(HarnessError, match="fp8"):
-        gate.budget("fp8")
+        perplexity_budget("fp8")
 
 
 # golden ---------------------------------------------------------------------------------------------
@@ -168,7 +169,7 @@ def test_golden_files_round_trip_and_are_written_only_when_asked(tmp_path):
     golden = golden_from(nll_stream(np.random.default_rng(8), 10), 10)
     assert (golden.command, golden.model_sha256, golden.n_tokens) == ("cmd", "m" * 64, 2550)
     assert {"python", "torch"} <= set(golden.versions) and golden.date
-    path = gate.golden_path("toy", "fp32", golden.protocol, root=tmp_path)
+    path = gate.golden_path(tmp_path, "toy", "fp32", golden.protocol)
     assert path == tmp_path / "toy.fp32.synthetic-raw.llamacpp.c512.w10.json"
     with pytest.raises(HarnessError, match="update"):
         write_golden(path, golden)

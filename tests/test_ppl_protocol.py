@@ -10,9 +10,9 @@ import types
 
 import pytest
 
+from harness.common.errors import HarnessError
 from harness.data import dataset
 from harness.data.dataset import Text, load_text
-from harness.errors import HarnessError
 from harness.perplexity.protocol import Protocol, make_windows
 
 BOS, EOS = 1, 2

@@ -1,4 +1,4 @@
-"""The runner on a tiny seeded Llama through EagerEngine, over the bundled WikiText-2 text with a byte-level
+"""The runner on a tiny seeded Llama through EagerModel, over the bundled WikiText-2 text with a byte-level
 fake tokenizer (the toy's vocabulary is 256)."""
 
 import copy
@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
+from harness.common.errors import HarnessError
 from harness.data.dataset import load_text
-from harness.engines import EagerEngine
-from harness.errors import HarnessError
-from harness.model.config import TOY_GQA
-from harness.model.llama import Llama
 from harness.perplexity.protocol import make_windows
 from harness.perplexity.runner import score, score_all
+from harness.reference.eager import EagerModel
+from harness.reference.llama.config import TOY_GQA
+from harness.reference.llama.model import Llama
 
 
 class ByteTokenizer:
@@ -50,7 +50,7 @@ class Counting:
 
 
 def test_same_model_twice_gives_identical_perplexity_and_zero_divergence(model, windows):
-    a, b = Counting(EagerEngine(model, "eager")), Counting(EagerEngine(model, "again"))
+    a, b = Counting(EagerModel(model, "eager")), Counting(EagerModel(model, "again"))
     result = score([a, b], windows)
     # One prefill per window, never per-token decode, asking only for the scored positions' logits.
     assert a.calls == b.calls == [((1, 64), 32)] * 4
@@ -66,7 +66,7 @@ def test_perturbed_copy_diverges(model, windows):
     with torch.no_grad():
         for p in perturbed.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
-    result = score([EagerEngine(model, "eager"), EagerEngine(perturbed, "perturbed")], windows)
+    result = score([EagerModel(model, "eager"), EagerModel(perturbed, "perturbed")], windows)
     p = result.stats.pair
     assert p.kld.value > 1e-4 and p.kld_percentiles["min"] > -1e-15  # fp64 rounding only
     assert p.ln_ratio.value != 0 and p.dp_rms.value > 0 and p.same_top.value < 1
@@ -74,7 +74,7 @@ def test_perturbed_copy_diverges(model, windows):
 
 def test_perplexity_is_that_of_the_scored_positions(model, windows):
     """One engine: the PPL equals exp(mean NLL) recomputed from the model on each window directly."""
-    result = score([EagerEngine(model, "eager")], windows)
+    result = score([EagerModel(model, "eager")], windows)
     nll = []
     with torch.no_grad():
         for w in windows:
@@ -85,7 +85,7 @@ def test_perplexity_is_that_of_the_scored_positions(model, windows):
 
 
 def test_result_record_summary_and_timings(model, windows):
-    result = score([EagerEngine(model, "eager"), EagerEngine(model, "again")], windows, progress=True)
+    result = score([EagerModel(model, "eager"), EagerModel(model, "again")], windows, progress=True)
     record = json.loads(json.dumps(result.to_record()))
     assert record["protocol"]["n_windows"] == 4 and record["protocol"]["bos"] == "slot0=bos:1"
     assert record["stats"]["pair"]["kld"]["value"] == 0
@@ -104,18 +104,18 @@ def test_engine_with_the_wrong_vocabulary_is_a_one_line_error(model, windows):
             return model(tokens, first)[..., :100]
 
     with pytest.raises(HarnessError, match="vocabulary") as e:
-        score([EagerEngine(model), Truncated()], windows)
+        score([EagerModel(model), Truncated()], windows)
     assert "\n" not in str(e.value)
 
 
 def test_engines_shared_by_comparisons_run_once_per_window(model, windows):
     """A dtype's eager reference is compared with IREE and with eager fp32: it runs once, and each
     comparison's numbers are those of scoring it alone."""
-    shared, other = Counting(EagerEngine(model, "eager")), Counting(EagerEngine(model, "again"))
-    third = Counting(EagerEngine(model, "third"))
+    shared, other = Counting(EagerModel(model, "eager")), Counting(EagerModel(model, "again"))
+    third = Counting(EagerModel(model, "third"))
     pair, cost = score_all([[shared, other], [third, shared]], windows)
     assert len(shared.calls) == len(other.calls) == len(third.calls) == 4
-    alone = score([EagerEngine(model, "eager"), EagerEngine(model, "again")], windows).stats
+    alone = score([EagerModel(model, "eager"), EagerModel(model, "again")], windows).stats
     assert pair.stats.engines == alone.engines
     assert [e.name for e in cost.stats.engines] == ["third", "eager"]
     assert cost.stats.engines[1].ppl == pair.stats.engines[0].ppl

@@ -12,7 +12,8 @@ import torch
 from harness.data.dataset import load_text
 from harness.perplexity.protocol import make_windows
 from harness.perplexity.runner import score
-from harness.pipeline import Pipeline, RunConfig
+from harness.run.case import Case
+from harness.run.config import RunConfig
 
 pytestmark = pytest.mark.slow
 
@@ -43,9 +44,9 @@ def token_nll(logits: torch.Tensor, window) -> torch.Tensor:
 
 
 def test_eager_perplexity_matches_transformers(hf_smollm2):
-    pipeline = Pipeline(RunConfig("smollm2-135m", "fp32"))
-    windows = make_windows(load_text(), pipeline.spec.load_tokenizer(), max_windows=N_WINDOWS)
-    harness = Recording(pipeline.eager)
+    case = Case(RunConfig("smollm2-135m", "fp32"))
+    windows = make_windows(load_text(), case.spec.load_tokenizer(), max_windows=N_WINDOWS)
+    harness = Recording(case.reference.eager)
     ppl = score([harness], windows).stats.engines[0].ppl.value
     ours = torch.cat([token_nll(logits, w) for logits, w in zip(harness.logits_seen, windows)])
 

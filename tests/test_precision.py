@@ -1,4 +1,4 @@
-"""The fp32 emulation of fp16/bf16 eager (harness/model/precision.py) against real torch low precision.
+"""The fp32 emulation of fp16/bf16 eager (harness/reference/precision.py) against real torch low precision.
 
 Two low-precision runs that round in a different order differ pointwise by about as much as either
 differs from the exact result, so the emulation is held to the statistic that matters: its error
@@ -8,23 +8,23 @@ against the fp64 oracle is the same as real low-precision eager's error, within 
 import pytest
 import torch
 
-from harness import variants
-from harness.engines import EagerEngine
-from harness.models import resolve
-from harness.model.llama import rms_normalize
-from harness.model.precision import emulate, full_precision
 from harness.numerics import metrics
+from harness.reference.eager import EagerModel, Reference
+from harness.reference.llama.model import rms_normalize
+from harness.reference.precision import emulate, full_precision
+from harness.reference.registry import resolve
 
 
 @pytest.mark.parametrize("model", ["toy-gqa", "toy-tp8"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_emulation_matches_real_low_precision(model, dtype):
     weights = resolve(model).load_weights()
     tokens = torch.randint(0, weights.config.vocab_size, (1, 128), generator=torch.Generator().manual_seed(0))
-    oracle = variants.oracle(weights, dtype).logits(tokens)
-    emulated = variants.eager_reference(weights, dtype, "emulated").logits(tokens)
-    native = variants.eager_reference(weights, dtype, "native").logits(tokens)
-    fp32 = EagerEngine(variants.build_model(weights, dtype, torch.float32)).logits(tokens)
+    reference = Reference(model, weights, dtype)
+    oracle = reference.oracle.logits(tokens)
+    emulated = reference.eager.logits(tokens)
+    native = Reference(model, weights, dtype, mode="native").eager.logits(tokens)
+    fp32 = EagerModel(reference.variant.build(torch.float32)).logits(tokens)
     native_err, emulated_err = metrics.rmse(native, oracle), metrics.rmse(emulated, oracle)
     assert emulated_err == pytest.approx(native_err, rel=0.1)
     # ... and the emulation really rounds: fp32 arithmetic on the same rounded weights is far closer.

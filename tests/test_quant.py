@@ -11,18 +11,29 @@ import numpy as np
 import pytest
 import torch
 
-from harness import dtypes, end_to_end
-from harness.errors import HarnessError
-from harness.model import w8a8
-from harness.model.config import SMOLLM2_135M, TOY_TP8
-from harness.model.llama import Llama
-from harness.model.quant import (FP8, SCHEMES, QuantLinear, _gguf_blocks, effective_scheme, fp8_table, layout,
-                                 q4_k_blocks, quantize)
-from harness.model.shard import UnfitTP, check_tp, shard
+from harness.checks import end_to_end
+from harness.common import dtypes
+from harness.common.errors import HarnessError
 from harness.numerics import metrics
-from harness.pipeline import Pipeline, RunConfig
-from harness.weights.gguf import raw_tensors
-from harness.weights.packaged import shipped_smollm2_gguf
+from harness.reference.llama.config import SMOLLM2_135M, TOY_TP8
+from harness.reference.llama.model import Llama
+from harness.reference.weights.gguf import raw_tensors
+from harness.reference.weights.packaged import shipped_smollm2_gguf
+from harness.run.case import Case
+from harness.run.config import RunConfig
+from harness.transforms import w8a8
+from harness.transforms.quantize import (
+    FP8,
+    SCHEMES,
+    QuantLinear,
+    _gguf_blocks,
+    effective_scheme,
+    fp8_table,
+    layout,
+    q4_k_blocks,
+    quantize,
+)
+from harness.transforms.shard import UnfitTP, check_tp, shard
 
 
 def weight(rows=48, cols=128, seed=0) -> torch.Tensor:
@@ -119,8 +130,8 @@ def test_fp8_table_decode_is_the_native_cast(scheme):
 
 @pytest.fixture(scope="module")
 def fp32_logits():
-    p = Pipeline(RunConfig("toy-gqa", "fp32"))
-    return p.eager.logits(p.tokens)
+    p = Case(RunConfig("toy-gqa", "fp32"))
+    return p.reference.eager.logits(p.inputs.tokens)
 
 
 @pytest.mark.parametrize("model, scheme", [("toy-gqa", "q8_0"), ("toy-gqa", "q5_0"), ("toy-gqa", "q4_1"),
@@ -129,12 +140,12 @@ def fp32_logits():
 def test_compiled_variant_matches_its_eager_reference(model, scheme):
     """Compiled vs eager isolates the compiler (within the fp32 policy); the variant vs fp32 is the
     format's own cost, far larger. (Q4_K needs rows of 256: toy-tp8's are.)"""
-    p = Pipeline(RunConfig(model, scheme))
-    rec = end_to_end.check(p)
+    p = Case(RunConfig(model, scheme))
+    rec = p.run(end_to_end.check, baseline=p.tp1())
     assert rec["verdict"]["passed"], rec["verdict"]["reason"]
-    assert set(layout(p.eager.model)) == {scheme}
-    fp32 = Pipeline(RunConfig(model, "fp32"))
-    cost = metrics.rmse(p.eager.logits(p.tokens), fp32.eager.logits(fp32.tokens))
+    assert set(layout(p.reference.eager.model)) == {scheme}
+    fp32 = Case(RunConfig(model, "fp32"))
+    cost = metrics.rmse(p.reference.eager.logits(p.inputs.tokens), fp32.reference.eager.logits(fp32.inputs.tokens))
     assert cost > 100 * rec["metrics"]["compiled_vs_eager"]["rmse"]
 
 
@@ -143,8 +154,8 @@ def test_format_costs_order_as_their_precision(fp32_logits):
     (~3.6 % relative) < Q4_1's 16 levels per block."""
     cost = {}
     for scheme in ("q8_0", "int8", "fp8e4m3fn", "fp8e4m3fnuz", "q4_1"):
-        p = Pipeline(RunConfig("toy-gqa", scheme))
-        cost[scheme] = metrics.rmse(p.eager.logits(p.tokens), fp32_logits)
+        p = Case(RunConfig("toy-gqa", scheme))
+        cost[scheme] = metrics.rmse(p.reference.eager.logits(p.inputs.tokens), fp32_logits)
     assert max(cost["q8_0"], cost["int8"]) < min(cost["fp8e4m3fn"], cost["fp8e4m3fnuz"]), cost
     assert max(cost["fp8e4m3fn"], cost["fp8e4m3fnuz"]) < cost["q4_1"], cost
 
@@ -181,6 +192,7 @@ def test_quantized_splits_must_fall_between_blocks():
 
 def test_compiled_sharded_variant_matches_its_eager_reference():
     """Q4_1 at TP 2: the blocks on two IREE devices, dequantized on each, then all-reduced."""
-    rec = end_to_end.check(Pipeline(RunConfig("toy-tp8", "q4_1", tp=2)))
+    case = Case(RunConfig("toy-tp8", "q4_1", tp=2))
+    rec = case.run(end_to_end.check, baseline=case.tp1())
     assert rec["verdict"]["passed"], rec["verdict"]["reason"]
     assert rec["verdict_vs_tp1"]["passed"], rec["verdict_vs_tp1"]["reason"]

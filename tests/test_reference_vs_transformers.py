@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.model.llama import Llama
-from harness.tokenizer import Tokenizer
-from harness.weights.gguf import load_gguf
-from harness.weights.packaged import shipped_smollm2_gguf
+from harness.reference.llama.model import Llama
+from harness.reference.tokenizer import Tokenizer
+from harness.reference.weights.gguf import load_gguf
+from harness.reference.weights.packaged import shipped_smollm2_gguf
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Tensor parallelism (harness/model/shard.py) on toy models: the sharded model computes the unsharded
+"""Tensor parallelism (harness/transforms/shard.py) on toy models: the sharded model computes the unsharded
 model's function in eager torch, its layout is the documented one, impossible TP sizes are refused in
 one line, and a compiled 2-device program matches the unsharded eager model."""
 
@@ -11,18 +11,18 @@ import pytest
 import torch
 from iree.turbine.aot import DeviceTensorTrait
 
-from harness.errors import HarnessError
-from harness.faults import op_fault, weight_fault
+from harness.candidates.programs import forward_entries
+from harness.common.errors import HarnessError, StageFailure
 from harness.iree.compiler import compile_module
 from harness.iree.export import export_program
 from harness.iree.runtime import CompiledModule
-from harness.iree.stages import StageFailure
 from harness.iree.targets import Target
-from harness.model.config import SMOLLM2_135M, TOY_TP8
-from harness.model.llama import ATTENTION, SUB_BLOCKS, Llama
-from harness.model.shard import HeadCopies, attention_on_device, check_tp, shard, split_sizes
-from harness.models import random_weights
-from harness.programs import forward_entries
+from harness.reference.llama.attention import ATTENTION
+from harness.reference.llama.config import SMOLLM2_135M, TOY_TP8
+from harness.reference.llama.model import SUB_BLOCKS, Llama
+from harness.reference.registry import random_weights
+from harness.transforms.faults import op_fault, plant_fault, weight_fault
+from harness.transforms.shard import HeadCopies, attention_on_device, check_tp, shard, split_sizes
 
 # SmolLM2's head layout (9 query heads, 3 KV heads, tied embeddings) at toy size: 16-wide heads, and an
 # FFN width (384) that 9 does not divide, so TP 9 exercises the uneven FFN split.
@@ -39,7 +39,7 @@ def reference(config, impl="math") -> Llama:
     model = Llama(config)
     model.load_state_dict(random_weights(config, seed=0).state_dict)
     for layer in model.layers:
-        layer.self_attn.impl = impl
+        layer.self_attn.attend = ATTENTION[impl]
     return model.eval()
 
 
@@ -95,9 +95,9 @@ def test_every_sub_block_matches_unsharded(config, tp):
 @pytest.mark.parametrize("fault", [op_fault(1), weight_fault(0, "v_proj"), weight_fault(1, "down_proj")],
                          ids=lambda f: f.id)
 def test_faults_planted_before_sharding_carry_over(fault):
-    """The pipeline plants a fault in the model it exports, then shards it: the shards must carry it."""
+    """The exported candidate plants a fault in the model it exports, then shards it: the shards must carry it."""
     clean, faulty = reference(TOY_TP8), reference(TOY_TP8)
-    fault.apply(faulty)
+    plant_fault(faulty, fault)
     x = tokens(TOY_TP8)
     with torch.no_grad():
         want, got = faulty(x), shard(faulty, 8)(x)
@@ -130,10 +130,10 @@ def test_layout_smollm2_heads():
 @pytest.mark.parametrize("impl", ["math", "sdpa"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_attention_on_device_is_llamas_attention(impl, dtype):
-    """The per-device attention (its causal mask explicit and placed) computes llama.py's bitwise."""
+    """The per-device attention (its causal mask explicit and placed) computes model.py's bitwise."""
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 4, 40, 16, generator=gen).to(dtype) for _ in range(3))
-    assert torch.equal(attention_on_device(impl, 3)(q, k, v), ATTENTION[impl](q, k, v))
+    assert torch.equal(attention_on_device(ATTENTION[impl], 3)(q, k, v), ATTENTION[impl](q, k, v))
 
 
 @pytest.mark.parametrize("config,name,tp,message", [

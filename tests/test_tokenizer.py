@@ -12,9 +12,9 @@ import pytest
 import tokenizers
 from tokenizers import models, pre_tokenizers, processors
 
-from harness.errors import HarnessError
-from harness.tokenizer import Tokenizer
-from harness.weights.packaged import shipped_smollm2_gguf
+from harness.common.errors import HarnessError
+from harness.reference.tokenizer import Tokenizer
+from harness.reference.weights.packaged import shipped_smollm2_gguf
 
 WIKITEXT_TEST = Path("/work/shared/data/wikitext-2-raw/wiki.test.raw")
 SMOLLM2_WIKITEXT_TEST_TOKENS = 303_415  # published token count of wiki.test.raw under SmolLM2's tokenizer

@@ -7,29 +7,32 @@ import sys
 
 import pytest
 
-from harness import cli, layers, options
-from harness.errors import HarnessError
-from harness.faults import op_fault, weight_fault
+from harness import cli
+from harness.checks import bisect
+from harness.common.errors import HarnessError
 from harness.iree.runtime import device_uris
 from harness.iree.targets import Target
-from harness.model.shard import UnfitTP
-from harness.pipeline import Pipeline, RunConfig
+from harness.run import matrix
+from harness.run.case import Case
+from harness.run.config import RunConfig
+from harness.transforms.faults import op_fault, weight_fault
+from harness.transforms.shard import UnfitTP
 
 
-def matrix(**given) -> list[str]:
+def matrix_ids(**given) -> list[str]:
     defaults = vars(cli.parser().parse_args(["run"]))  # every option's default
-    return [c.id for c in options.run_configs(lambda dest: {**defaults, **given}[dest])]
+    return [c.id for c in matrix.run_configs(lambda dest: {**defaults, **given}[dest])]
 
 
 def test_default_matrix_has_the_tp_configurations():
-    ids = matrix()
+    ids = matrix_ids()
     assert {"toy-tp8-fp32-tp2", "toy-tp8-fp32-tp8", "smollm2-135m-fp32-tp3"} <= set(ids)
     assert {f"{m}-{d}-tp1" for m in ("toy-tp8", "smollm2-135m") for d in ("fp32", "fp16", "bf16")} <= set(ids)
 
 
 def test_tp_alone_crosses_with_the_default_models_and_dtypes():
-    assert matrix(tp=["8"]) == [f"{m}-{d}-tp8" for m in ("toy-tp8", "smollm2-135m") for d in ("fp32", "fp16", "bf16")]
-    assert matrix(model=["toy-tp8"], dtype=["bf16"], tp=["1,2", "8"]) == [
+    assert matrix_ids(tp=["8"]) == [f"{m}-{d}-tp8" for m in ("toy-tp8", "smollm2-135m") for d in ("fp32", "fp16", "bf16")]
+    assert matrix_ids(model=["toy-tp8"], dtype=["bf16"], tp=["1,2", "8"]) == [
         "toy-tp8-bf16-tp1", "toy-tp8-bf16-tp2", "toy-tp8-bf16-tp8"]
 
 
@@ -60,7 +63,7 @@ def test_default_devices():
 
 def test_a_size_the_heads_cannot_take_names_the_constraint():
     with pytest.raises(UnfitTP, match=r"^--tp 8: toy-gqa has 4 query heads, not divisible by 8$"):
-        Pipeline(RunConfig("toy-gqa", "fp32", tp=8)).weights
+        Case(RunConfig("toy-gqa", "fp32", tp=8)).weights
 
 
 def test_suite_skips_an_unfit_size_and_reports_it(tmp_path):
@@ -79,6 +82,6 @@ def test_bisection_localises_a_fault_in_a_sharded_model(fault, tmp_path):
     """Planted before sharding, the fault reaches every rank's slice of the weight (or every rank's
     activation); bisection must still name the unsharded layer and sub-block, whose taps gather the
     ranks' values."""
-    rec = layers.bisect(Pipeline(RunConfig("toy-tp8", "fp32", tp=2), fault=fault), tmp_path)
-    assert (rec["layer"], rec["sub_block"]) == (f"layer_{fault.layer}", fault.sub_block), layers.format_bisect(rec)
+    rec = Case(RunConfig("toy-tp8", "fp32", tp=2), fault=fault).run(bisect.bisect, artifacts=tmp_path)
+    assert (rec["layer"], rec["sub_block"]) == (f"layer_{fault.layer}", fault.sub_block), bisect.format_bisect(rec)
     assert rec["tp"] == 2 and rec["reproducer"].count("--device=local-task") == 2

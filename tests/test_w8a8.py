@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from harness import end_to_end
-from harness.model.config import TOY_GQA, TOY_TP8
-from harness.model.llama import Llama
-from harness.model.quant import FP8, layout
-from harness.model.shard import shard
-from harness.model import w8a8
-from harness.model.w8a8 import W8A8Linear, calibrate, calibration_batches, fp8_round, quantize_w8a8
+from harness.checks import end_to_end
 from harness.numerics.tolerance import judge
-from harness.pipeline import Pipeline, RunConfig
+from harness.reference.llama.config import TOY_GQA, TOY_TP8
+from harness.reference.llama.model import Llama
+from harness.run.case import Case
+from harness.run.config import RunConfig
+from harness.transforms import w8a8
+from harness.transforms.quantize import FP8, layout
+from harness.transforms.shard import shard
+from harness.transforms.w8a8 import W8A8Linear, calibrate, calibration_batches, fp8_round, quantize_w8a8
 
 ML_DTYPES = {"fp8e4m3fn": ml_dtypes.float8_e4m3fn, "fp8e4m3fnuz": ml_dtypes.float8_e4m3fnuz}
 
@@ -101,11 +102,11 @@ def test_compiled_int8_variant_matches_its_eager_reference(tp):
     each device quantizes its columns with the whole input's scale. Judged against eager's own
     sensitivity to rounding noise at its quantizers (w8a8.py), which a wrong scale or a wrongly rounded
     code would exceed by far (test_noisy_eager_budget_catches_a_wrong_rounding)."""
-    p = Pipeline(RunConfig("toy-tp8", "w8a8_int8", tp=tp))
-    rec = end_to_end.check(p)
+    p = Case(RunConfig("toy-tp8", "w8a8_int8", tp=tp))
+    rec = p.run(end_to_end.check, baseline=p.tp1())
     assert rec["verdict"]["passed"], rec["verdict"]["reason"]
     assert "vs eager" in rec["verdict"]["reason"] and rec["verdict"]["ratio"] > 0
-    assert layout(p.eager.model) == {"w8a8_int8": TOY_TP8.n_layers * 7}
+    assert layout(p.reference.eager.model) == {"w8a8_int8": TOY_TP8.n_layers * 7}
 
 
 @pytest.mark.parametrize("scheme", ["w8a8_int8", "w8a8_fp8e4m3fn"])
@@ -124,17 +125,18 @@ def test_sharded_w8a8_computes_the_unsharded_one(scheme):
 def test_noisy_eager_budget_catches_a_wrong_rounding():
     """The W8A8 end-to-end budget (eager vs itself with rounding-sized noise at the quantizers) admits
     such noise and rejects activation codes truncated instead of rounded in one layer."""
-    p = Pipeline(RunConfig("toy-tp8", "w8a8_int8"))
-    eager = p.eager.logits(p.tokens)
-    noisy = w8a8.noisy_reference(lambda: p.eager.logits(p.tokens), eager)
-    with w8a8.activation_noise(2.0 ** -22, seed=5):  # a few ulp, as a different fp32 evaluation order
-        other = p.eager.logits(p.tokens)
+    p = Case(RunConfig("toy-tp8", "w8a8_int8"))
+    eager = p.reference.eager.logits(p.inputs.tokens)
+    noisy = w8a8.noisy_reference(p.reference.eager.model, lambda: p.reference.eager.logits(p.inputs.tokens), eager)
+    # A few ulp, as a different fp32 evaluation order would give.
+    with w8a8.activation_noise(p.reference.eager.model, 2.0 ** -22, seed=5):
+        other = p.reference.eager.logits(p.inputs.tokens)
     assert judge(other, noisy, eager, torch.float32, oracle_name="eager", multiple=1.0, measures=("rmse",)).passed
-    lin = p.eager.model.layers[1].mlp.down_proj
+    lin = p.reference.eager.model.layers[1].mlp.down_proj
     codes = lin._activation_codes
     lin._activation_codes = lambda x: torch.clamp(torch.trunc(x * lin.inv_smooth / lin.x_scale), -127, 127)
     try:
-        wrong = p.eager.logits(p.tokens)
+        wrong = p.reference.eager.logits(p.inputs.tokens)
     finally:
         lin._activation_codes = codes
     assert not judge(wrong, noisy, eager, torch.float32, oracle_name="eager", multiple=1.0, measures=("rmse",)).passed

@@ -19,12 +19,12 @@ from gguf import GGMLQuantizationType as QT
 from safetensors.torch import save_file
 from transformers.integrations.gguf.dequant import dequantize as hf_dequantize
 
-from harness.errors import HarnessError
-from harness.model.config import TOY_GQA, LlamaConfig, RopeScaling
-from harness.model.llama import Llama
-from harness.weights.gguf import load_gguf, raw_tensors
-from harness.weights.hf_dir import load_hf_dir, resolve_hf
-from harness.weights.packaged import shipped_smollm2_gguf
+from harness.common.errors import HarnessError
+from harness.reference.llama.config import TOY_GQA, LlamaConfig, RopeScaling
+from harness.reference.llama.model import Llama
+from harness.reference.weights.gguf import load_gguf, raw_tensors
+from harness.reference.weights.hf_dir import load_hf_dir, resolve_hf
+from harness.reference.weights.packaged import shipped_smollm2_gguf
 
 # Every matrix dimension a multiple of 256 so that Q4_K (256-element blocks) can store every matrix;
 # 8 query / 2 KV heads so that q and k are permuted with different head counts.

@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 
 import datasets
 
-from harness.errors import HarnessError
+from harness.common.errors import HarnessError
 
 BUNDLED = "wikitext2"
 BUNDLED_PATH = Path(__file__).parent / "wikitext2" / "wiki.test.raw"

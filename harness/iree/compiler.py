@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from harness.cache import cache_dir, digest
-from harness.iree.stages import StageFailure
+from harness.common.cache import cache_dir, digest
+from harness.common.errors import StageFailure
 
 
 def compiler_version() -> str:

@@ -20,8 +20,8 @@ import torch
 from iree.turbine import aot
 from iree.turbine.aot.decompositions import extend_aot_decompositions
 
-from harness.cache import cache_dir
-from harness.iree.stages import StageFailure
+from harness.common.cache import cache_dir
+from harness.common.errors import StageFailure
 
 
 @dataclasses.dataclass(frozen=True)

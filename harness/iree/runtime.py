@@ -9,9 +9,8 @@ import iree.runtime as rt
 import numpy as np
 import torch
 
-from harness.errors import HarnessError
+from harness.common.errors import HarnessError, StageFailure
 from harness.iree.compiler import tool
-from harness.iree.stages import StageFailure
 
 
 def device_uris(uri: str, count: int) -> list[str]:

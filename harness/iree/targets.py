@@ -11,8 +11,9 @@ import functools
 import re
 import subprocess
 
-from harness.errors import HarnessError
+from harness.common.errors import HarnessError
 from harness.iree.compiler import tool
+from harness.reference.llama.attention import IMPLS
 
 TARGET_FLAGS: dict[str, list[str]] = {
     # Data tiling is a numerics flag on CPU, not just a speed one: without it the 3.9 llvm-cpu backend
@@ -39,7 +40,7 @@ TARGET_DRIVERS = {"local": ("local-task", "local-sync"), "hip": ("hip",), "cuda"
 # attention op is the fast path on GPUs but ~12x slower than matmul + softmax on CPU at 512 tokens
 # (SmolLM2 fp32 prefill: 27 s vs 2.2 s).
 DEFAULT_ATTENTION = {"local": "math", "hip": "sdpa", "cuda": "sdpa"}
-# How the compiled program turns fp8 codes into fp32 (harness/model/quant.py): llvm-cpu 3.9 cannot lower
+# How the compiled program turns fp8 codes into fp32 (harness/transforms/quantize.py): llvm-cpu 3.9 cannot lower
 # arith.extf from f8 types, so CPU programs look the values up in a table; GPUs convert natively.
 FP8_DECODE = {"local": "table", "hip": "native", "cuda": "native"}
 # CPU devices are local-task (one executor's workers shared by all of them, runtime.set_workers) up to
@@ -73,7 +74,7 @@ class Target:
     cuda_target: str = "sm_90"
     device_uri: str = ""  # empty: the target's default (`device`)
     extra_flags: tuple[str, ...] = ()
-    attention: str = ""  # "sdpa" or "math"; empty: DEFAULT_ATTENTION of the target
+    attention: str = ""  # one of attention.IMPLS; empty: DEFAULT_ATTENTION of the target
 
     @property
     def cpu_name(self) -> str:
@@ -106,8 +107,8 @@ class Target:
         if self.hal_target_device not in TARGET_FLAGS:
             raise HarnessError(f"--iree-hal-target-device: unknown target {self.hal_target_device!r}; "
                                f"known: {', '.join(TARGET_FLAGS)}")
-        if self.attention not in ("", "sdpa", "math"):
-            raise HarnessError(f"--attention: unknown formulation {self.attention!r}; known: sdpa, math")
+        if self.attention not in ("", *IMPLS):
+            raise HarnessError(f"--attention: unknown formulation {self.attention!r}; known: {', '.join(IMPLS)}")
         drivers = {u.split("://")[0] for u in self.device().split(",") if u}
         if not drivers or not drivers <= set(TARGET_DRIVERS[self.hal_target_device]):
             raise HarnessError(

@@ -23,7 +23,8 @@ import dataclasses
 
 import torch
 
-from harness.dtypes import eps
+from harness.common.dtypes import QUANTIZED, W8A8, eps, torch_dtype
+from harness.common.errors import HarnessError
 from harness.numerics import metrics
 
 MULTIPLE: dict[torch.dtype, float] = {torch.float32: 16.0, torch.float16: 3.0, torch.bfloat16: 3.0}
@@ -71,3 +72,56 @@ def judge(result: torch.Tensor, eager: torch.Tensor, oracle: torch.Tensor, dtype
               f"{budgets[worst]:.3g} ({MULTIPLE[dtype] if multiple is None else multiple:g} x {reference} {str(dtype).removeprefix('torch.')} error + "
               f"{FLOOR_ULPS:g} ulp floor)")
     return Verdict(passed, reason, ratios[worst], errors, budgets)
+
+
+@dataclasses.dataclass(frozen=True)
+class PerplexityBudget:
+    """perplexity/gate.py says how its gates use these."""
+
+    paired: float  # |mean dNLL| allowed between compiled and eager, nats per token
+    golden_rtol: float  # relative PPL difference from a golden value that is tolerated
+
+
+PERPLEXITY_BUDGETS = {
+    "fp32": PerplexityBudget(paired=1e-4, golden_rtol=5e-4),
+    "fp16": PerplexityBudget(paired=1e-3, golden_rtol=5e-3),
+    "bf16": PerplexityBudget(paired=4e-3, golden_rtol=2e-2),
+}
+
+
+def perplexity_budget(dtype: str) -> PerplexityBudget:
+    """A weight-quantized variant computes in fp32 against its own eager reference: fp32's budget."""
+    try:
+        return PERPLEXITY_BUDGETS["fp32" if dtype in QUANTIZED else dtype]
+    except KeyError:
+        raise HarnessError(f"no perplexity budget for dtype {dtype!r}; known: "
+                           f"{', '.join(PERPLEXITY_BUDGETS)}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """How one configuration (`dtype`, a --dtype name) is judged: its multiple and measures, and its
+    perplexity budgets. W8A8 variants are judged against eager under rounding-sized noise at their
+    quantizers, with eager as the oracle, on RMSE alone, multiple 1 (transforms/w8a8.py says why)."""
+
+    dtype: str
+    noisy_reference: bool = False
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return torch_dtype(self.dtype)
+
+    @property
+    def perplexity(self) -> PerplexityBudget:
+        return perplexity_budget(self.dtype)
+
+    def judge(self, result: torch.Tensor, eager: torch.Tensor, oracle: torch.Tensor,
+              reference: str = "eager", oracle_name: str = "fp64 oracle") -> Verdict:
+        if self.noisy_reference:
+            return judge(result, eager, oracle, self.torch_dtype, reference, oracle_name, multiple=1.0,
+                         measures=("rmse",))
+        return judge(result, eager, oracle, self.torch_dtype, reference, oracle_name)
+
+
+def policy(dtype: str) -> Policy:
+    return Policy(dtype, noisy_reference=dtype in W8A8)

@@ -24,7 +24,8 @@ orders of magnitude less), so a small subset resolves a small budget.
   MIN_WINDOWS windows is "underpowered" too: a clustered SE from so few windows is itself too noisy.
 - A non-finite mean (NaN or inf logits anywhere) always fails.
 
-Budgets (`BUDGETS[dtype].paired`, nats per token, ~ the relative PPL change) bound a systematic shift.
+Budgets (numerics/tolerance.py: `PERPLEXITY_BUDGETS[dtype].paired`, nats per token, ~ the relative PPL
+change) bound a systematic shift.
 fp32 implementations differ by ~1e-5 in their logits, so 1e-4 (0.01 % PPL) is far above rounding and far
 below any change in quality; fp16 and bf16 carry 11 and 8 significant bits, and their budgets grow with
 their rounding: 1e-3 and 4e-3. For scale: 4-bit quantization (llama.cpp's q4_K_M) moves LLaMA-3-8B's
@@ -42,7 +43,7 @@ Golden gate: one engine's PPL against a stored golden value
   identical windows (leaving only numerics), and well below sqrt(se_run^2 + se_golden^2), the formula for
   independent samples, which would let much larger regressions through.
 - Fail when |ln(PPL / golden)| exceeds GOLDEN_Z * that SE (so sampling cannot explain it) AND |PPL - golden|
-  exceeds `BUDGETS[dtype].golden_rtol` * golden (so it matters). The floor is 5 paired budgets: the golden
+  exceeds `PERPLEXITY_BUDGETS[dtype].golden_rtol` * golden (so it matters). The floor is 5 paired budgets: the golden
   may come from the other engine (up to one budget apart), from another machine, thread count or library
   version (reductions reordered), and the nightly should fail on drift, not on such differences.
   A non-finite PPL fails; a subset of a single window has no SE and is "underpowered".
@@ -59,39 +60,17 @@ import math
 from pathlib import Path
 from statistics import NormalDist
 
-from harness.dtypes import QUANTIZED
-from harness.errors import HarnessError
+from harness.common.errors import HarnessError
+from harness.numerics.tolerance import perplexity_budget
 from harness.perplexity.protocol import Protocol
 from harness.perplexity.stats import EngineStats, Stats
-from harness.records import versions
+from harness.reporting.records import versions
 
 ALPHA = 0.01
 POWER = 0.90
 DETECT_FACTOR = 2.0
 MIN_WINDOWS = 6
 GOLDEN_Z = 3.0
-GOLDEN_DIR = Path(__file__).resolve().parents[2] / "golden"
-
-
-@dataclasses.dataclass(frozen=True)
-class Budget:
-    paired: float  # |mean dNLL| allowed between compiled and eager, nats per token
-    golden_rtol: float  # relative PPL difference from a golden value that is tolerated
-
-
-BUDGETS = {
-    "fp32": Budget(paired=1e-4, golden_rtol=5e-4),
-    "fp16": Budget(paired=1e-3, golden_rtol=5e-3),
-    "bf16": Budget(paired=4e-3, golden_rtol=2e-2),
-}
-
-
-def budget(dtype: str) -> Budget:
-    """A weight-quantized variant computes in fp32 against its own eager reference: fp32's budget."""
-    try:
-        return BUDGETS["fp32" if dtype in QUANTIZED else dtype]
-    except KeyError:
-        raise HarnessError(f"no perplexity budget for dtype {dtype!r}; known: {', '.join(BUDGETS)}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,7 +132,7 @@ def check_pair(stats: Stats, dtype: str) -> GateResult:
     if stats.pair is None:
         raise HarnessError("the paired gate needs a two-engine result (eager and compiled)")
     return paired_gate(stats.pair.ln_ratio.value, stats.pair.ln_ratio_window_se, stats.n_windows,
-                       budget(dtype).paired)
+                       perplexity_budget(dtype).paired)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,7 +162,7 @@ def make_golden(engine: EngineStats, protocol: Protocol, model_sha256: str, comm
                   versions=versions())
 
 
-def golden_path(model: str, dtype: str, protocol: Protocol, root: Path = GOLDEN_DIR) -> Path:
+def golden_path(root: Path, model: str, dtype: str, protocol: Protocol) -> Path:
     return root / f"{model}.{dtype}.{protocol.key()}.json"
 
 

@@ -25,12 +25,13 @@ import dataclasses
 import functools
 import math
 import re
-from typing import Callable, Iterator, Protocol as TypingProtocol
+from typing import Callable, Iterator
+from typing import Protocol as TypingProtocol
 
 import torch
 
+from harness.common.errors import HarnessError
 from harness.data.dataset import Text
-from harness.errors import HarnessError
 
 SCHEMES = ("llamacpp", "rolling")
 DEFAULT_N_CTX = 512

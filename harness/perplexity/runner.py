@@ -10,8 +10,8 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from harness.engines import Engine
-from harness.errors import HarnessError
+from harness.candidates import Forward
+from harness.common.errors import HarnessError
 from harness.perplexity.protocol import Protocol, Windows
 from harness.perplexity.stats import Accumulator, Stats
 
@@ -49,12 +49,12 @@ class PerplexityResult:
         return "\n".join(lines)
 
 
-def score(engines: Sequence[Engine], windows: Windows, progress: bool = False) -> PerplexityResult:
+def score(engines: Sequence[Forward], windows: Windows, progress: bool = False) -> PerplexityResult:
     """Perplexity of `engines` (1, or 2 with the reference first) over `windows`."""
     return score_all([engines], windows, progress)[0]
 
 
-def score_all(comparisons: Sequence[Sequence[Engine]], windows: Windows,
+def score_all(comparisons: Sequence[Sequence[Forward]], windows: Windows,
               progress: bool = False) -> list[PerplexityResult]:
     """`score` for several comparisons on the same windows, each engine run once per window however many
     comparisons it is in (the same object: e.g. a dtype's eager reference vs IREE, and vs eager fp32)."""

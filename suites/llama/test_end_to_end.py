@@ -2,13 +2,13 @@
 against an fp64 oracle by the tolerance policy (harness/numerics/tolerance.py); with --tp N > 1, also
 against the compiled TP 1 model."""
 
-from harness import end_to_end
-from harness.iree.stages import StageFailure
+from harness.checks import end_to_end
+from harness.common.errors import StageFailure
 
 
-def test_end_to_end(pipeline, write_record, conclude):
+def test_end_to_end(case, write_record, conclude):
     try:
-        rec = end_to_end.check(pipeline)
+        rec = case.run(end_to_end.check, baseline=case.tp1())
     except StageFailure as e:
         conclude.stage_failed(e)
     write_record(rec)

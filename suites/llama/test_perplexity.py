@@ -6,23 +6,24 @@ import sys
 
 import pytest
 
-from harness.iree.stages import StageFailure
-from harness.perplexity.check import evaluate
+from harness.checks import perplexity
+from harness.common.errors import StageFailure
 
 
-def test_perplexity(pipeline, write_record, pytestconfig, conclude):
+def test_perplexity(case, write_record, pytestconfig, golden_dir, conclude):
     opt = pytestconfig.getoption
-    config = pipeline.config
+    config = case.config
     nightly = opt("nightly")
-    reason = (f"perplexity: {config.model} is a random toy without a tokenizer" if not pipeline.spec.real_text
+    reason = (f"perplexity: {config.model} is a random toy without a tokenizer" if not case.spec.real_text
               else f"perplexity: {config.dtype} is in the nightly tier (--nightly, or --ppl-dtypes)"
               if not nightly and config.dtype not in opt("ppl_dtypes").split(",") else None)
     if reason:  # in the report, not only in pytest's output
         write_record({"kind": "skipped", "config": config.id, "reason": reason})
         pytest.skip(reason)
+    windows = perplexity.windows(case.reference, None if nightly else opt("ppl_windows"), opt("ppl_n_ctx"),
+                                 opt("ppl_scheme"), opt("dataset"), opt("text_form"))
     try:
-        rec = evaluate(pipeline, n_windows=None if nightly else opt("ppl_windows"), n_ctx=opt("ppl_n_ctx"),
-                       scheme=opt("ppl_scheme"), dataset=opt("dataset"), form=opt("text_form"),
+        rec = case.run(perplexity.evaluate, inputs=windows, golden_dir=golden_dir,
                        update_golden=opt("update_golden"), command=shlex.join(["pytest", *sys.argv[1:]]))
     except StageFailure as e:
         conclude.stage_failed(e)

@@ -1,0 +1,144 @@
+"""Our candidate: the harness exports its own reference model (the variant, a planted fault if any, sharded
+to TP devices), compiles it for the target and runs it with IREE. Programs are built on first use and
+cached on disk (harness/iree/: the program by code, shapes and dtype; the parameter archive by the weights
+as well; the module by program, flags and compiler), so every check of a configuration shares them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.candidates.programs import forward_entries, layer_entries
+from harness.common.cache import digest
+from harness.common.errors import HarnessError
+from harness.common.stages import Stages
+from harness.iree.compiler import compile_module
+from harness.iree.export import export_program
+from harness.iree.runtime import CompiledModule
+from harness.iree.targets import FP8_DECODE, Target
+from harness.reference.eager import Variant
+from harness.reference.llama.model import SUB_BLOCKS, Llama
+from harness.reporting.records import versions
+from harness.transforms.faults import Fault, plant_fault
+from harness.transforms.shard import shard
+
+PACKAGE = Path(__file__).resolve().parents[1]
+# Sources whose text decides what an export contains: a change to any of them invalidates the cache.
+EXPORT_SOURCES = ("reference/llama/model.py", "reference/llama/attention.py", "reference/llama/config.py",
+                  "reference/precision.py", "reference/eager.py", "transforms/shard.py", "transforms/quantize.py",
+                  "transforms/w8a8.py", "transforms/faults.py", "candidates/programs.py", "candidates/exported.py",
+                  "iree/export.py")
+
+
+class CompiledForward:
+    """A compiled module's entry point that maps tokens to the logits of positions `first`.. (the program
+    was compiled for that `first`: it can only drop further leading positions)."""
+
+    def __init__(self, module: CompiledModule, function: str = "forward", name: str = "iree", first: int = 0):
+        self.module, self.function, self.name, self.first = module, function, name, first
+
+    def logits(self, tokens: torch.Tensor, first: int = 0) -> torch.Tensor:
+        if first < self.first:
+            raise HarnessError(f"engine {self.name}: asked for logits from position {first}, but its program "
+                               f"returns them from position {self.first}")
+        (out,) = self.module(self.function, tokens.numpy())
+        return torch.from_numpy(out)[:, first - self.first:]
+
+
+class CompiledParts:
+    """The entry points of a compiled "layers" program (programs.py), counting invocations."""
+
+    def __init__(self, module: CompiledModule, n_layers: int):
+        self.module, self.n_layers, self.invocations = module, n_layers, 0
+
+    def _call(self, function: str, x: torch.Tensor) -> list[torch.Tensor]:
+        self.invocations += 1
+        return [torch.from_numpy(o) for o in self.module(function, x.numpy())]
+
+    def embed(self, tokens):
+        return self._call("embed", tokens)[0]
+
+    def layer(self, i: int, h):
+        out, *taps = self._call(f"layer_{i}", h.float())
+        return out, dict(zip(SUB_BLOCKS, taps))
+
+    def head(self, h):
+        return self._call("head", h.float())[0]
+
+    def reproducer(self, function: str, inputs: list[np.ndarray], directory: Path) -> str:
+        """An iree-run-module command running `function` on `inputs`, saved as .npy files in `directory`."""
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = [directory / f"{function}_input{i if len(inputs) > 1 else ''}.npy" for i in range(len(inputs))]
+        for path, array in zip(paths, inputs):
+            np.save(path, array)
+        return self.module.reproducer(function, paths)
+
+
+class ExportedCandidate:
+    """`variant` (with `fault` planted) exported, compiled for `target` and run on `tp` devices; programs
+    default to `seq_len` tokens. `name` names the model in messages, `command` reruns the configuration."""
+
+    programs = ("forward", "layers")
+
+    def __init__(self, variant: Variant, target: Target, tp: int = 1, seq_len: int = 128, fault: Fault | None = None,
+                 name: str = "the model", command: str = ""):
+        self.variant, self.target, self.tp, self.seq_len, self.fault = variant, target, tp, seq_len, fault
+        self.name, self.command = "iree", command
+        self.model_name = name
+        self.stages = Stages()
+        self._modules: dict[str, CompiledModule] = {}
+
+    def describe(self) -> dict:
+        return {"candidate": "exported", "target": self.target.name, "device": self.target.device(self.tp),
+                "attention": self.variant.attention, "fault": self.fault.id if self.fault else None}
+
+    def model(self, tp: int) -> Llama:
+        """The model this candidate compiles, on `tp` devices."""
+        model = plant_fault(self.variant.build(fp8_decode=FP8_DECODE[self.target.hal_target_device]), self.fault)
+        return shard(model, tp, self.model_name) if tp > 1 else model
+
+    def module(self, program: str = "forward", seq_len: int | None = None, tp: int | None = None,
+               first: int = 0) -> CompiledModule:
+        """The compiled module of `program` for `seq_len` tokens on `tp` devices (default: the
+        candidate's), returning the logits of positions `first`.. ("forward" only), exported and compiled
+        on first use (or taken from the cache). Its stages are "export", "compile", "run" for the default
+        forward program and "<stage>:<label>" for others, e.g. "compile:layers", "run:forward@512[256:]",
+        "export:forward@tp1"."""
+        seq_len, tp = seq_len or self.seq_len, tp or self.tp
+        label = program + (f"@{seq_len}" if seq_len != self.seq_len else "") + (
+            f"[{first}:]" if first else "") + (f"@tp{tp}" if tp != self.tp else "")
+        stage_label = "" if label == "forward" else label
+        if label not in self._modules:
+            fp8_decode = FP8_DECODE[self.target.hal_target_device]
+            model, config = self.model(tp), self.variant.weights.config
+            tokens = torch.zeros(1, seq_len, dtype=torch.int64)
+            entries = (forward_entries(tokens, first) if program == "forward"
+                       else layer_entries(tokens, config.n_layers, config.dim))
+            code = [(PACKAGE / s).read_bytes() for s in EXPORT_SOURCES]
+            fault = self.fault
+            op_fault = fault.id if fault and fault.kind == "op" else ""
+            weight_fault = fault.id if fault and fault.kind == "weight" else ""
+            dtype = self.variant.dtype
+            program_key = digest(*code, str(config.to_dict()), dtype, str(tp), program, str(first),
+                                 self.variant.attention, fp8_decode, op_fault, str(versions()),
+                                 *(str(tuple(a.shape)) for e in entries for a in e.args))
+            params_key = digest(*code, self.variant.weights.sha256, dtype, str(tp), weight_fault)
+            with self.stages.timed("export", stage_label) as st:
+                exported = export_program(model, entries, program_key, params_key, self.command)
+                st.seconds, st.cached = exported.seconds, exported.cached
+            flags = self.target.compile_flags(tp)
+            with self.stages.timed("compile", stage_label) as st:
+                vmfb, st.seconds, st.cached = compile_module(exported.mlir, flags)
+            with self.stages.timed("run", stage_label):
+                self._modules[label] = CompiledModule(vmfb, exported.irpa, self.target.device(tp), tp,
+                                                      source=(exported.mlir, flags))
+        return self._modules[label]
+
+    def forward(self, seq_len: int | None = None, first: int = 0, tp: int | None = None) -> CompiledForward:
+        return CompiledForward(self.module("forward", seq_len, tp, first), first=first)
+
+    def layers(self, seq_len: int | None = None) -> CompiledParts:
+        return CompiledParts(self.module("layers", seq_len), self.variant.weights.config.n_layers)

@@ -1,0 +1,99 @@
+"""Layer by layer: the candidate's embedding, each decoder layer and the head against eager, in two modes
+(bisect.py finds the first diverging layer and the sub-block inside it with the same parts).
+
+- isolated: every compiled part gets the eager chain's input, so its error is its own;
+- propagated: the compiled chain runs on its own outputs, so errors accumulate as in deployment.
+
+Each part is judged by the same tolerance policy as the end-to-end check: its eager same-dtype output
+and its compiled output against the fp64 oracle given the same input (isolated) or the oracle's own
+chain (propagated). One compile ("layers" program) serves both modes and the bisection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from harness.candidates import Candidate, Layers
+from harness.checks import Inputs
+from harness.numerics.tolerance import Policy, Verdict
+from harness.reference.eager import Reference
+from harness.reference.llama.model import SUB_BLOCKS
+
+
+@dataclasses.dataclass
+class Part:
+    name: str  # embed, layer_<i>, head
+    mode: str  # isolated | propagated
+    verdict: Verdict
+
+    def row(self) -> dict:
+        v = self.verdict
+        return {"part": self.name, "mode": self.mode, "passed": v.passed, "ratio": v.ratio,
+                "rmse": v.errors.get("rmse"), "rmse_budget": v.budgets.get("rmse"),
+                "max_abs": v.errors.get("max_abs"), "max_abs_budget": v.budgets.get("max_abs")}
+
+
+class LayerCheck:
+    """The candidate's, eager's and the oracle's parts of one configuration, and the eager chain they share."""
+
+    def __init__(self, candidate: Candidate, reference: Reference, inputs: Inputs, policy: Policy):
+        self.tokens, self.policy = inputs.tokens, policy
+        self.compiled: Layers = candidate.layers(self.tokens.shape[1])
+        self.eager, self.oracle = reference.eager.parts(), reference.oracle.parts()
+        self.n_layers = self.eager.n_layers
+        self.chain = [self.eager.embed(self.tokens)]  # eager input of layer i is chain[i]
+        for i in range(self.n_layers):
+            self.chain.append(self.eager.layer(i, self.chain[-1])[0])
+        self.eager_logits = self.eager.head(self.chain[-1])
+
+    def _judge(self, result, eager, oracle) -> Verdict:
+        return self.policy.judge(result, eager, oracle)
+
+    def isolated(self, i: int) -> Part:
+        """Layer i (-1: embedding, n_layers: head) on the eager input."""
+        if i < 0:
+            return Part("embed", "isolated", self._judge(self.compiled.embed(self.tokens), self.chain[0],
+                                                         self.oracle.embed(self.tokens)))
+        if i == self.n_layers:
+            h = self.chain[-1]
+            return Part("head", "isolated", self._judge(self.compiled.head(h), self.eager_logits,
+                                                        self.oracle.head(h.double())))
+        h = self.chain[i]
+        return Part(f"layer_{i}", "isolated", self._judge(self.compiled.layer(i, h)[0], self.chain[i + 1],
+                                                          self.oracle.layer(i, h.double())[0]))
+
+    def propagated(self) -> list[Part]:
+        c, o = self.compiled.embed(self.tokens), self.oracle.embed(self.tokens)
+        parts = [Part("embed", "propagated", self._judge(c, self.chain[0], o))]
+        for i in range(self.n_layers):
+            c, o = self.compiled.layer(i, c)[0], self.oracle.layer(i, o)[0]
+            parts.append(Part(f"layer_{i}", "propagated", self._judge(c, self.chain[i + 1], o)))
+        parts.append(Part("head", "propagated", self._judge(self.compiled.head(c), self.eager_logits,
+                                                            self.oracle.head(o))))
+        return parts
+
+    def sub_blocks(self, i: int) -> list[Part]:
+        """Every sub-block of layer i on the eager input, in dataflow order."""
+        h = self.chain[i]
+        c_taps, e_taps, o_taps = (self.compiled.layer(i, h)[1], self.eager.layer(i, h)[1],
+                                  self.oracle.layer(i, h.double())[1])
+        return [Part(name, "isolated", self._judge(c_taps[name], e_taps[name], o_taps[name]))
+                for name in SUB_BLOCKS]
+
+    @property
+    def invocations(self) -> int:
+        """Calls of the candidate's programs so far (0 for a candidate that does not count them)."""
+        return getattr(self.compiled, "invocations", 0)
+
+
+def compare(candidate: Candidate, reference: Reference, inputs: Inputs, policy: Policy) -> dict:
+    """Both modes over every part: the record's kind and fields."""
+    start = time.perf_counter()
+    check = LayerCheck(candidate, reference, inputs, policy)
+    parts = [check.isolated(i) for i in range(-1, check.n_layers + 1)] + check.propagated()
+    failed = [part for part in parts if not part.verdict.passed]
+    return dict(kind="layers", parts=[part.row() for part in parts],
+                first_failure={m: next((f.name for f in failed if f.mode == m), None)
+                               for m in ("isolated", "propagated")},
+                passed=not failed, invocations=check.invocations, timings={"wall_s": time.perf_counter() - start})

@@ -1,0 +1,57 @@
+"""Perplexity of one configuration: eager and/or the candidate on the same windows, the paired gate between
+them, and each against its golden value (golden/, written only when asked)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.candidates import Candidate
+from harness.common.errors import HarnessError
+from harness.data.dataset import load_text
+from harness.numerics.tolerance import Policy
+from harness.perplexity import gate
+from harness.perplexity.protocol import DEFAULT_N_CTX, Windows, make_windows
+from harness.perplexity.runner import score_all
+from harness.reference.eager import Reference
+
+ENGINES = ("both", "eager", "iree")
+# The quick tier's subset: enough windows for the paired gate's power on fp32/fp16 (gate.py decides and
+# says "underpowered" otherwise), few enough for minutes on a 2-core CPU.
+QUICK_WINDOWS = 8
+
+
+def windows(reference: Reference, n_windows: int | None = QUICK_WINDOWS, n_ctx: int = DEFAULT_N_CTX,
+            scheme: str = "llamacpp", dataset: str = "wikitext2", form: str = "raw") -> Windows:
+    """The first `n_windows` windows (all when None) of `dataset` for the reference's tokenizer."""
+    if reference.tokenizer is None:
+        raise HarnessError(f"--model {reference.name}: has no tokenizer (a random toy); perplexity needs a "
+                           "real model")
+    return make_windows(load_text(dataset, form), reference.tokenizer(), scheme, n_ctx, max_windows=n_windows)
+
+
+def evaluate(candidate: Candidate, reference: Reference, windows: Windows, policy: Policy, golden_dir: Path,
+             engine: str = "both", progress: bool = False, update_golden: bool = False, command: str = "",
+             vs_fp32: bool = True) -> dict:
+    """Score `windows`; the record's kind and fields, with a "gates" list. `engine`: both, or only eager or
+    the candidate; `vs_fp32`: also score eager fp32 on the same windows, for what a non-fp32 dtype costs."""
+    if engine not in ENGINES:
+        raise HarnessError(f"--engine {engine!r}: choose from {', '.join(ENGINES)}")
+    engines = {"eager": [reference.eager], "iree": [candidate.forward(windows.protocol.n_ctx, windows.first)]}
+    comparisons = [engines["eager"] + engines["iree"] if engine == "both" else engines[engine]]
+    # What the dtype or quantization itself costs: its eager reference against eager fp32, same windows.
+    if vs_fp32 and policy.dtype != "fp32":
+        comparisons.append([reference.fp32, reference.eager])
+    result, *cost = score_all(comparisons, windows, progress)
+    gates = [gate.check_pair(result.stats, policy.dtype)] if engine == "both" else []
+    golden_file = gate.golden_path(golden_dir, reference.name, policy.dtype, windows.protocol)
+    sha256 = reference.weights.sha256
+    if update_golden:  # from the reference engine where there is one
+        gate.write_golden(golden_file, gate.make_golden(result.stats.engines[0], windows.protocol, sha256, command),
+                          update=True)
+    if golden_file.exists():
+        golden = gate.read_golden(golden_file)
+        gates += [gate.golden_gate(e, windows.protocol, golden, sha256, policy.perplexity.golden_rtol)
+                  for e in result.stats.engines]
+    return dict(kind="perplexity", **result.to_record(), summary=result.summary(),
+                vs_fp32=cost[0].stats.to_record() if cost else None, gates=[g.to_record() for g in gates],
+                golden=str(golden_file) if golden_file.exists() else None, passed=all(g.passed for g in gates))

@@ -1,0 +1,1 @@
+"""lm-evaluation-harness backends on harness candidates, and offline tasks."""

@@ -1,0 +1,1 @@
+"""The Llama family: its shapes (config.py) and its eager model (model.py)."""

@@ -1,0 +1,184 @@
+"""A compact Llama reference model (grouped-query attention, RoPE with Llama 3.1 scaling, RMSNorm,
+SwiGLU, tied or untied embeddings), written for prefill: tokens in, logits out.
+
+Parameter names follow Hugging Face's LlamaForCausalLM without the "model." prefix, so safetensors
+checkpoints load directly and GGUF tensors map onto them one to one. The computation follows the
+Hugging Face implementation op for op (RMSNorm and RoPE tables in fp32, everything else in the model's
+dtype), so that the harness's reference agrees with transformers' to fp32 rounding.
+
+The model is split into `embed`, `layers[i]` and `head` so that each part can be exported, compiled and
+compared on its own; `forward` is just their composition. A decoder layer given a `taps` dict also
+records its sub-blocks' outputs there, in dataflow order (SUB_BLOCKS), for bisection inside a layer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.reference.llama.attention import ATTENTION
+from harness.reference.llama.config import LlamaConfig, RopeScaling
+from harness.reference.precision import full_precision
+
+
+def rope_inv_freq(config: LlamaConfig, dtype: torch.dtype) -> torch.Tensor:
+    """Inverse RoPE frequencies, with Llama 3.1's scaling of the low frequencies where configured."""
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).to(dtype) / dim))
+    s: RopeScaling | None = config.rope_scaling
+    if s is None:
+        return inv_freq
+    low_freq_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+    high_freq_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq)
+    smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+        s.high_freq_factor - s.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+    # Nested where rather than `&` of two masks: IREE cannot legalize aten.__and__ on i1 tensors.
+    is_high_or_low = torch.where(wavelen < high_freq_wavelen, True, wavelen > low_freq_wavelen)
+    return torch.where(is_high_or_low, scaled, smoothed)
+
+
+@full_precision
+def rope_tables(config: LlamaConfig, seq_len: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables, computed in fp32 (fp64 for an fp64 model) whatever the model's dtype."""
+    dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    positions = torch.arange(seq_len, dtype=dtype)
+    freqs = positions[:, None] * rope_inv_freq(config, dtype)[None, :]  # not torch.outer: IREE lacks it
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+SUB_BLOCKS = ("attn_norm", "q_proj", "k_proj", "v_proj", "rope_q", "rope_k", "attention", "o_proj",
+              "attn_residual", "mlp_norm", "gate_proj", "up_proj", "swiglu", "down_proj", "mlp_residual")
+# Where each sub-block's output flows inside the layer (mlp_residual is the layer's output).
+SUB_BLOCK_CONSUMERS = {
+    "attn_norm": ("q_proj", "k_proj", "v_proj"), "q_proj": ("rope_q",), "k_proj": ("rope_k",),
+    "v_proj": ("attention",), "rope_q": ("attention",), "rope_k": ("attention",), "attention": ("o_proj",),
+    "o_proj": ("attn_residual",), "attn_residual": ("mlp_norm", "mlp_residual"),
+    "mlp_norm": ("gate_proj", "up_proj"), "gate_proj": ("swiglu",), "up_proj": ("swiglu",),
+    "swiglu": ("down_proj",), "down_proj": ("mlp_residual",), "mlp_residual": (),
+}
+
+
+def tap(taps: dict | None, name: str, value: torch.Tensor) -> torch.Tensor:
+    if taps is not None:
+        taps[name] = value
+    return value
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + rotate_half(x) * sin
+
+
+@full_precision
+def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    x = x.float()
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * rms_normalize(x, self.eps).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        # An execution choice, not part of the checkpoint: attention.ATTENTION's "sdpa" or "math" (or the
+        # same with the mask placed on a device, transforms/shard.py).
+        self.attend = ATTENTION["sdpa"]
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        self.q_proj = nn.Linear(config.dim, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.dim, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, taps: dict | None = None):
+        bsz, seq_len, _ = x.shape
+        q = tap(taps, "q_proj", self.q_proj(x)).view(bsz, seq_len, self.n_heads, self.head_dim).transpose(1, 2)
+        k = tap(taps, "k_proj", self.k_proj(x)).view(bsz, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = tap(taps, "v_proj", self.v_proj(x)).view(bsz, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        q = tap(taps, "rope_q", apply_rope(q, cos, sin))
+        k = tap(taps, "rope_k", apply_rope(k, cos, sin))
+        group = self.n_heads // self.n_kv_heads
+        k = k.repeat_interleave(group, dim=1)
+        v = v.repeat_interleave(group, dim=1)
+        out = self.attend(q, k, v)
+        out = tap(taps, "attention", out.transpose(1, 2).reshape(bsz, seq_len, -1))
+        return tap(taps, "o_proj", self.o_proj(out))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.dim, config.ffn_dim, bias=False)
+        self.up_proj = nn.Linear(config.dim, config.ffn_dim, bias=False)
+        self.down_proj = nn.Linear(config.ffn_dim, config.dim, bias=False)
+        self.act = F.silu
+
+    def forward(self, x: torch.Tensor, taps: dict | None = None) -> torch.Tensor:
+        gate = tap(taps, "gate_proj", self.gate_proj(x))
+        up = tap(taps, "up_proj", self.up_proj(x))
+        return tap(taps, "down_proj", self.down_proj(tap(taps, "swiglu", self.act(gate) * up)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.dim, config.norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.dim, config.norm_eps)
+        self.mlp = FeedForward(config)
+
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, taps: dict | None = None):
+        x = tap(taps, "attn_norm", self.input_layernorm(h))
+        h = tap(taps, "attn_residual", h + self.self_attn(x, cos, sin, taps))
+        x = tap(taps, "mlp_norm", self.post_attention_layernorm(h))
+        return tap(taps, "mlp_residual", h + self.mlp(x, taps))
+
+
+class Llama(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.dim)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.lm_head = None if config.tie_embeddings else nn.Linear(config.dim, config.vocab_size, bias=False)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.embed_tokens(tokens)
+
+    def rope(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return rope_tables(self.config, seq_len, self.embed_tokens.weight.dtype)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        h = self.norm(h)
+        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(h, weight)
+
+    def forward(self, tokens: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """Logits, in the model's dtype, for positions `first`.. of `tokens` ([batch, seq] int64).
+        Perplexity scores only a window's later positions: the head (a fifth of SmolLM2's FLOPs at 512
+        tokens) runs on those alone."""
+        h = self.embed(tokens)
+        cos, sin = self.rope(tokens.shape[1])
+        for layer in self.layers:
+            h = layer(h, cos, sin)
+        return self.head(h[:, first:])

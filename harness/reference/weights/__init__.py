@@ -1,0 +1,40 @@
+"""Model weights in one form, whatever file they come from: an fp32 state dict in the reference model's
+naming (Hugging Face LlamaForCausalLM names without "model."), which `Llama(config)` loads strictly."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import torch
+
+from harness.reference.llama.config import LlamaConfig
+from harness.reference.llama.model import Llama
+
+
+@dataclasses.dataclass
+class LoadedWeights:
+    config: LlamaConfig
+    state_dict: dict[str, torch.Tensor]  # fp32
+    tensor_types: dict[str, str]  # name -> type as stored: GGUF type ("Q4_1", "F32") or safetensors dtype
+    source: str  # the file or directory read
+    sha256: str  # of the file(s) read, so a result can pin the exact weights
+
+
+def expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every parameter of `Llama(config)`; built on the meta device, so it costs
+    nothing even for a 405B shape and cannot drift from the model's definition."""
+    with torch.device("meta"):
+        model = Llama(config)
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def sha256_files(paths: list[Path]) -> str:
+    """One digest over the files' contents, in the order given, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()

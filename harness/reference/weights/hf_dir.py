@@ -1,0 +1,132 @@
+"""Llama weights from a Hugging Face model directory: config.json plus model.safetensors, or shards
+listed in model.safetensors.index.json."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import huggingface_hub
+from safetensors import safe_open
+
+from harness.common.errors import HarnessError
+from harness.reference.llama.config import LlamaConfig, RopeScaling
+from harness.reference.weights import LoadedWeights, expected_shapes, sha256_files
+
+# Seconds to wait for the Hub's first answer, so that a machine without network fails promptly.
+_HUB_TIMEOUT_S = 10
+
+
+def resolve_hf(id_or_dir: str | Path) -> Path:
+    """A local model directory as-is; otherwise a Hub model id, downloaded (config, tokenizer and
+    safetensors files only) into the Hugging Face cache, or taken from it when offline."""
+    if Path(id_or_dir).is_dir():
+        return Path(id_or_dir)
+    # The hub reads HF_HUB_OFFLINE once, at import; honour it when it is set later too.
+    offline = (huggingface_hub.constants.HF_HUB_OFFLINE
+               or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"))
+    try:
+        return Path(huggingface_hub.snapshot_download(
+            str(id_or_dir), allow_patterns=["*.json", "*.safetensors"], etag_timeout=_HUB_TIMEOUT_S,
+            local_files_only=offline))
+    except Exception as e:  # no network, no such repo, gated repo, not in the cache offline...
+        why = " ".join(str(e).split())
+        raise HarnessError(f"{id_or_dir}: not a local directory and not obtainable from the Hugging Face "
+                           f"Hub{' (offline)' if offline else ''}: {type(e).__name__}: {why}")
+
+
+def load_hf_dir(path: str | Path) -> LoadedWeights:
+    path = Path(path)
+    if not path.is_dir():
+        raise HarnessError(f"{path}: not a directory")
+    config = _config(path / "config.json")
+    files = _weight_files(path)
+    expected = expected_shapes(config)
+
+    state_dict, tensor_types = {}, {}
+    for file in files:
+        with safe_open(file, framework="pt") as st:
+            for key in st.keys():
+                name = key.removeprefix("model.")
+                tied_head = name == "lm_head.weight" and config.tie_embeddings
+                if tied_head or name.endswith("rotary_emb.inv_freq"):
+                    continue  # the embedding / derived from the config: not parameters of their own
+                if name not in expected:
+                    raise HarnessError(f"{file}: unexpected tensor {key} for a Llama model")
+                tensor = st.get_tensor(key)
+                if tuple(tensor.shape) != expected[name]:
+                    raise HarnessError(f"{file}: tensor {key} has shape {tuple(tensor.shape)}, config.json "
+                                       f"implies {expected[name]}")
+                state_dict[name] = tensor.float()
+                tensor_types[name] = st.get_slice(key).get_dtype()
+    missing = sorted(set(expected) - set(state_dict))
+    if missing:
+        raise HarnessError(f"{path}: missing tensor(s) {', '.join(missing[:5])}"
+                           f"{f' and {len(missing) - 5} more' if len(missing) > 5 else ''}")
+    return LoadedWeights(config=config, state_dict=state_dict, tensor_types=tensor_types, source=str(path),
+                         sha256=sha256_files([path / "config.json", *files]))
+
+
+def _weight_files(path: Path) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        files = [path / f for f in sorted(set(_json(index)["weight_map"].values()))]
+    else:
+        files = [path / "model.safetensors"]
+    for f in files:
+        if not f.is_file():
+            raise HarnessError(f"{f}: no such weights file")
+    return files
+
+
+def _json(file: Path) -> dict:
+    try:
+        return json.loads(file.read_text())
+    except FileNotFoundError:
+        raise HarnessError(f"{file}: no such file")
+    except (OSError, ValueError) as e:
+        raise HarnessError(f"{file}: unreadable JSON: {' '.join(str(e).split())}")
+
+
+def _config(file: Path) -> LlamaConfig:
+    c = _json(file)
+
+    def need(key: str):
+        if key not in c:
+            raise HarnessError(f"{file}: missing {key}")
+        return c[key]
+
+    if need("model_type") != "llama":
+        raise HarnessError(f"{file}: model_type is {c['model_type']!r}, only 'llama' is supported")
+    for key, value in (("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False)):
+        if c.get(key, value) != value:
+            raise HarnessError(f"{file}: {key} is {c[key]!r}, the harness's Llama supports only {value!r}")
+    # transformers 5 writes rope_parameters; older files have rope_theta and rope_scaling at top level.
+    rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "llama3"):
+        raise HarnessError(f"{file}: unsupported RoPE scaling {rope_type!r}")
+    scaling_keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+    if rope_type == "llama3" and not set(scaling_keys) <= set(rope):
+        raise HarnessError(f"{file}: llama3 RoPE scaling needs {', '.join(scaling_keys)}")
+    try:
+        config = LlamaConfig(
+            vocab_size=need("vocab_size"),
+            dim=need("hidden_size"),
+            n_layers=need("num_hidden_layers"),
+            n_heads=need("num_attention_heads"),
+            n_kv_heads=c.get("num_key_value_heads") or need("num_attention_heads"),
+            ffn_dim=need("intermediate_size"),
+            rope_theta=rope.get("rope_theta", c.get("rope_theta", 10000.0)),
+            norm_eps=need("rms_norm_eps"),
+            max_seq_len=need("max_position_embeddings"),
+            tie_embeddings=c.get("tie_word_embeddings", False),
+            rope_scaling=RopeScaling(**{k: rope[k] for k in scaling_keys}) if rope_type == "llama3" else None,
+        )
+    except ValueError as e:
+        raise HarnessError(f"{file}: inconsistent config: {e}")
+    if c.get("head_dim", config.head_dim) != config.head_dim:
+        raise HarnessError(f"{file}: head_dim {c['head_dim']} differs from hidden_size / num_attention_heads "
+                           f"= {config.head_dim}, which the harness's Llama requires")
+    return config

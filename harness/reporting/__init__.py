@@ -1,0 +1,1 @@
+"""Records and their views: summaries, plots, the run-to-run diff, merges, expected failures."""

@@ -1,0 +1,234 @@
+"""Views of a run's records: `summary.md` (for CI step summaries and reviews) and `summary.html` (one
+self-contained page, plots embedded), built from the same tables: one row per configuration, in the
+columns users know from model-support tracking pages."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from tabulate import tabulate
+
+from harness.reporting import records
+
+MARK = {"passed": "✅", "failed": "❌", "skipped": "➖", "expected": "⚠️"}
+
+
+def _stage_cell(stage: dict | None) -> str:
+    if stage is None:
+        return MARK["skipped"]
+    cell = MARK.get(stage["status"], stage["status"])
+    if stage["status"] == "failed":
+        return f"{cell} {stage['error']}"
+    return f"{cell} {stage['seconds']:.1f}s" + (" (cached)" if stage.get("cached") else "")
+
+
+def _verdict_cell(verdict: dict | None, m: dict | None, kld: bool = True) -> str:
+    if not verdict or not m:
+        return ""
+    mark = MARK["passed"] if verdict["passed"] else MARK["failed"]
+    return (f"{mark} max abs {m['max_abs']:.2g}, top-1 {m['top1']:.1%}, "
+            + (f"KLD {m['kld_mean']:.2g}, " if kld else "") + f"{verdict['ratio']:.2f} of budget")
+
+
+def end_to_end_table(recs: list[dict]) -> tuple[list[str], list[list]]:
+    rows = []
+    for rec in recs:
+        if rec["kind"] != "end_to_end":
+            continue
+        stages, m = rec["stages"], rec.get("metrics", {})
+        rows.append([rec["config"], rec["tp"], _stage_cell(stages.get("export")), _stage_cell(stages.get("compile")),
+                     _stage_cell(stages.get("run")),
+                     _verdict_cell(rec.get("verdict"), m.get("compiled_vs_eager")) or MARK["skipped"],
+                     _verdict_cell(rec.get("verdict_vs_tp1"), m.get("compiled_vs_tp1"), kld=False),
+                     f"{sum(s['seconds'] for s in stages.values()):.1f}s"])
+    return (["Configuration", "TP", "Export", "Compile", "Run", "Numerics vs eager", "Compiled TP N vs compiled TP 1",
+             "Time"], sorted(rows))
+
+
+def _worst(parts: list[dict], mode: str) -> str:
+    worst = max((r for r in parts if r["mode"] == mode), key=lambda r: r["ratio"])
+    return f"{MARK['passed' if worst['passed'] else 'failed']} {worst['part']} {worst['ratio']:.2f}"
+
+
+def layers_table(recs: list[dict]) -> tuple[list[str], list[list]]:
+    rows = [[rec["config"], _worst(rec["parts"], "isolated"), _worst(rec["parts"], "propagated"),
+             ", ".join(f"{m}: {p}" for m, p in rec["first_failure"].items() if p) or "none", rec.get("plot", "")]
+            for rec in recs if rec["kind"] == "layers" and "parts" in rec]
+    return (["Configuration", "Isolated: worst part, error/budget", "Propagated: worst part, error/budget",
+             "First over budget", "Plot"], sorted(rows))
+
+
+def layer_details(rec: dict) -> tuple[list[str], list[list]]:
+    by_part: dict[str, dict] = {}
+    for row in rec["parts"]:
+        by_part.setdefault(row["part"], {})[row["mode"]] = row
+    rows = [[part, *(f"{MARK['passed' if m[k]['passed'] else 'failed']} {m[k]['ratio']:.3f} (rmse {m[k]['rmse']:.2g})"
+                     for k in ("isolated", "propagated"))] for part, m in by_part.items()]
+    return ["Part", "Isolated error/budget", "Propagated error/budget"], rows
+
+
+def _pm(stat: dict, fmt: str = ".4f") -> str:
+    return f"{stat['value']:{fmt}} ± {stat['se']:{fmt}}"
+
+
+def perplexity_table(recs: list[dict]) -> tuple[list[str], list[list]]:
+    rows = []
+    for rec in recs:
+        if rec["kind"] != "perplexity" or "stats" not in rec:
+            continue
+        stats, pair = rec["stats"], rec["stats"].get("pair")
+        ppl = {e["name"]: _pm(e["ppl"]) for e in stats["engines"]}
+        gates = " ".join(f"{MARK['passed' if g['verdict'] == 'pass' else 'failed']} {g['gate']}" for g in rec["gates"])
+        rows.append([rec["config"], stats["n_windows"], stats["n_tokens"], ppl.get("eager", ""), ppl.get("iree", ""),
+                     _pm(pair["ln_ratio"], ".2e") if pair else "", f"{pair['kld']['value']:.2g}" if pair else "",
+                     f"{pair['same_top']['value']:.2%}" if pair else "", gates or "none"])
+    return (["Configuration", "Windows", "Tokens", "PPL eager", "PPL IREE", "ln(PPL IREE / PPL eager)", "KLD",
+             "Same top-1", "Gates"], sorted(rows))
+
+
+def _vs_fp32_cells(vs: dict | None) -> list[str]:
+    """dPPL, KLD and top-1 of a dtype's or quantization's eager reference against eager fp32, with the
+    green / yellow marker of model-support tables: dPPL under / over 1 %."""
+    if not vs:
+        return ["", "", ""]
+    reference, candidate = (e["ppl"]["value"] for e in vs["engines"])  # eager fp32 first
+    dppl = candidate / reference - 1
+    return [f"{'🟢' if abs(dppl) < 0.01 else '🟡'} {dppl:+.2%}", f"{vs['pair']['kld']['value']:.2g}",
+            f"{vs['pair']['same_top']['value']:.1%}"]
+
+
+def model_matrix(recs: list[dict]) -> tuple[list[str], list[list]]:
+    """One row per configuration across the checks: the stages, numerics, perplexity and the cost of the
+    dtype / quantization itself against fp32."""
+    by_config: dict[str, dict[str, dict]] = {}
+    for rec in recs:
+        if rec["kind"] in ("end_to_end", "perplexity"):
+            by_config.setdefault(rec["config"], {})[rec["kind"]] = rec
+    rows = []
+    for config, kinds in by_config.items():
+        e2e, ppl = kinds.get("end_to_end", {}), kinds.get("perplexity", {})
+        stages, engines = e2e.get("stages", {}), {e["name"]: e for e in ppl.get("stats", {}).get("engines", [])}
+        iree = engines.get("iree", {}).get("ppl")
+        rows.append([config, *(_stage_cell(stages.get(s)).split(" ")[0] for s in ("export", "compile", "run")),
+                     _verdict_cell(e2e.get("verdict"), e2e.get("metrics", {}).get("compiled_vs_eager"), kld=False),
+                     _pm(iree) if iree else "", *_vs_fp32_cells(ppl.get("vs_fp32"))])
+    return (["Configuration", "Export", "Compile", "Run", "Numerics vs eager", "PPL (IREE)", "dPPL vs fp32",
+             "KLD vs fp32", "Top-1 vs fp32"], sorted(rows))
+
+
+def bisect_table(recs: list[dict]) -> tuple[list[str], list[list]]:
+    rows = [[rec["config"], rec.get("fault") or "", rec["layer"] or "none", rec["sub_block"] or "",
+             rec["compiles"], rec["invocations"], f"{rec['timings']['wall_s']:.1f}s"]
+            for rec in recs if rec["kind"] == "bisect" and "compiles" in rec]
+    return ["Configuration", "Planted fault", "First diverging part", "Sub-block", "Compiles", "Invocations",
+            "Wall"], rows
+
+
+def known_failures_table(recs: list[dict]) -> tuple[list[str], list[list]]:
+    rows = [[r["config"], r["check"], f"{MARK['expected']} expected {r['stage']} failure: {r['message']}", r["issue"]]
+            for r in recs if r["kind"] == "expected_failure"]
+    rows += [[r["config"], r["check"], f"{MARK['failed']} unexpected pass: remove the entry", r["issue"]]
+             for r in recs if r["kind"] == "unexpected_pass"]
+    return ["Configuration", "Check", "golden/expected_failures.toml", "Issue"], sorted(rows)
+
+
+def failures(recs: list[dict]) -> list[tuple[str, str]]:
+    """(what failed, reproducer) for every failed stage."""
+    return [(f"{rec['config']} {name}: {stage['error']}", stage["reproducer"] or rec["command"])
+            for rec in recs for name, stage in rec.get("stages", {}).items() if stage["status"] == "failed"]
+
+
+def skipped(recs: list[dict]) -> list[str]:
+    return sorted({f"{r['config']}: {r['reason']}" for r in recs if r["kind"] == "skipped"})
+
+
+def sections(recs: list[dict]) -> list[tuple[str, tuple[list[str], list[list]]]]:
+    """The tables of a run that have rows, titled."""
+    out = [("Model matrix (dPPL, KLD, top-1: the dtype's or quantization's own cost, eager vs eager fp32, "
+            "same windows)", model_matrix(recs)),
+           ("End to end: IREE-compiled vs eager PyTorch (same dtype), judged against an fp64 oracle",
+            end_to_end_table(recs)),
+           ("Layer by layer (error / budget; isolated: eager inputs, propagated: compiled chain)", layers_table(recs)),
+           ("WikiText-2 perplexity (PPL ± standard error; eager and IREE on the same windows)", perplexity_table(recs)),
+           ("Bisection", bisect_table(recs)),
+           ("Known failures", known_failures_table(recs))]
+    return [(title, table) for title, table in out if table[1]]
+
+
+def _versions(recs: list[dict]) -> str:
+    versions = next((r["versions"] for r in recs if "versions" in r), {})
+    return "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
+
+
+def _machine(recs: list[dict]) -> str:
+    """The machines the records were measured on (several after a merge of shards)."""
+    seen = {json.dumps(r["machine"], sort_keys=True): r["machine"] for r in recs if "machine" in r}
+    return "Machine: " + ("; ".join(
+        f"{m['cpu']} (LLVM {m['llvm_cpu']}; {' '.join(m['cpu_features']) or 'no notable features'}), "
+        f"{m['threads']} threads eager, {m['iree_workers'] or 'no'} IREE CPU workers" for m in seen.values())
+        or "not recorded")
+
+
+def markdown(run_dir: Path, recs: list[dict]) -> str:
+    parts = [f"# Harness run `{run_dir.name}`", "", _machine(recs), "", _versions(recs), ""]
+    for title, (headers, rows) in sections(recs):
+        if headers[-1] == "Plot":
+            rows = [[*r[:-1], f"![plot]({r[-1]})" if r[-1] else ""] for r in rows]
+        parts += [f"## {title}", "", tabulate(rows, headers=headers, tablefmt="github"), ""]
+    for rec in sorted((r for r in recs if r["kind"] == "layers" and "parts" in r), key=lambda r: r["config"]):
+        headers, rows = layer_details(rec)
+        parts += [f"<details><summary>{rec['config']}: every part</summary>", "",
+                  tabulate(rows, headers=headers, tablefmt="github"), "", "</details>", ""]
+    if skipped(recs):
+        parts += ["## Skipped configurations", "", *(f"- {s}" for s in skipped(recs)), ""]
+    if failures(recs):
+        parts += ["## Failures and reproducers", "",
+                  *(f"- `{what}`\n\n  ```\n  {repro}\n  ```" for what, repro in failures(recs)), ""]
+    return "\n".join(parts)
+
+
+def _html_table(headers: list[str], rows: list[list], run_dir: Path) -> str:
+    def cell(header: str, value) -> str:
+        path = run_dir / str(value)
+        if header == "Plot" and value and path.exists():
+            data = base64.b64encode(path.read_bytes()).decode()
+            return f'<img width="480" src="data:image/png;base64,{data}">'
+        return html.escape(str(value))
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{cell(h, v)}</td>" for h, v in zip(headers, row)) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+STYLE = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:110em}table{border-collapse:collapse;"
+         "margin-bottom:1.5em}td,th{border:1px solid #ccc;padding:.3em .6em;font-size:.9em;vertical-align:top}"
+         "th{background:#f3f3f3}pre{background:#f6f6f6;padding:.6em;white-space:pre-wrap}")
+
+
+def page(run_dir: Path, recs: list[dict]) -> str:
+    parts = [f"<!doctype html><meta charset='utf-8'><title>Harness run {html.escape(run_dir.name)}</title>",
+             f"<style>{STYLE}</style><h1>Harness run <code>{html.escape(run_dir.name)}</code></h1>",
+             f"<p>{html.escape(_machine(recs))}</p><p>{html.escape(_versions(recs))}</p>"]
+    for title, (headers, rows) in sections(recs):
+        parts += [f"<h2>{html.escape(title)}</h2>", _html_table(headers, rows, run_dir)]
+    for rec in sorted((r for r in recs if r["kind"] == "layers" and "parts" in r), key=lambda r: r["config"]):
+        parts += [f"<details><summary>{html.escape(rec['config'])}: every part</summary>",
+                  _html_table(*layer_details(rec), run_dir), "</details>"]
+    if skipped(recs):
+        parts += ["<h2>Skipped configurations</h2><ul>", *(f"<li>{html.escape(s)}</li>" for s in skipped(recs)), "</ul>"]
+    if failures(recs):
+        parts += ["<h2>Failures and reproducers</h2>",
+                  *(f"<p><code>{html.escape(what)}</code></p><pre>{html.escape(repro)}</pre>"
+                    for what, repro in failures(recs))]
+    return "\n".join(parts)
+
+
+def write_summary(run_dir: Path) -> Path:
+    """Write summary.md and summary.html of the run's records; returns summary.md's path."""
+    recs = records.read(run_dir / "records.jsonl")
+    (run_dir / "summary.html").write_text(page(run_dir, recs))
+    path = run_dir / "summary.md"
+    path.write_text(markdown(run_dir, recs))
+    return path

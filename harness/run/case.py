@@ -1,0 +1,89 @@
+"""One configuration (model x dtype x TP x target) as the checks see it: the reference, the candidate, the
+inputs and the tolerance policy, each built on first use and shared by every check of the configuration,
+and the record that each check's result becomes (configuration, candidate, stages, versions, machine)."""
+
+from __future__ import annotations
+
+import time
+from functools import cached_property
+from typing import Callable
+
+import torch
+
+from harness.candidates import Forward
+from harness.candidates.exported import ExportedCandidate
+from harness.checks import Inputs
+from harness.common.dtypes import quantization
+from harness.common.host import machine
+from harness.data.dataset import BUNDLED_PATH
+from harness.numerics.tolerance import Policy, policy
+from harness.reference.eager import Reference
+from harness.reference.registry import ModelSpec, resolve
+from harness.reference.weights import LoadedWeights
+from harness.reporting.records import versions
+from harness.run.config import RunConfig
+from harness.transforms import w8a8
+from harness.transforms.faults import Fault
+from harness.transforms.shard import check_tp
+
+
+class Case:
+    """`config`, with `fault` planted in the candidate only (eager and the oracle stay clean)."""
+
+    def __init__(self, config: RunConfig, fault: Fault | None = None):
+        self.config, self.fault = config, fault
+        self.spec: ModelSpec = resolve(config.model)
+
+    @cached_property
+    def weights(self) -> LoadedWeights:
+        weights = self.spec.load_weights()
+        check_tp(weights.config, self.config.tp, self.config.model, quantization(self.config.dtype))
+        return weights
+
+    @cached_property
+    def reference(self) -> Reference:
+        spec, vocab = self.spec, self.weights.config.vocab_size
+        return Reference(self.config.model, self.weights, self.config.dtype, self.config.target.attention_impl,
+                         self.config.eager_mode, spec.load_tokenizer,
+                         lambda: w8a8.calibration_batches(spec.load_tokenizer() if spec.real_text else None, vocab))
+
+    @cached_property
+    def candidate(self) -> ExportedCandidate:
+        c = self.config
+        return ExportedCandidate(self.reference.variant, c.target, c.tp, c.seq_len, self.fault, c.model, c.command())
+
+    @cached_property
+    def inputs(self) -> Inputs:
+        """[1, seq_len] ids: real WikiText from the start of the bundled file, or seeded random ids for toys."""
+        n = self.config.seq_len
+        if self.spec.real_text:
+            ids = self.spec.load_tokenizer().encode(BUNDLED_PATH.read_text(encoding="utf-8")[: 8 * n])[:n]
+            return Inputs(torch.tensor([ids], dtype=torch.int64), "wikitext-2 test, from the start")
+        tokens = torch.randint(0, self.weights.config.vocab_size, (1, n), generator=torch.Generator().manual_seed(0))
+        return Inputs(tokens, "random ids, seed 0")
+
+    @property
+    def policy(self) -> Policy:
+        return policy(self.config.dtype)
+
+    def tp1(self) -> Forward | None:
+        """For a TP > 1 configuration, the same candidate compiled unsharded: what sharding is judged against."""
+        return self.candidate.forward(tp=1) if self.config.tp > 1 else None
+
+    def run(self, check: Callable[..., dict], inputs=None, **kwargs) -> dict:
+        """`check(candidate, reference, inputs, policy, **kwargs)` as this configuration's record; `inputs`
+        default to the case's tokens (perplexity's are its windows)."""
+        return self.record(**check(self.candidate, self.reference, inputs or self.inputs, self.policy, **kwargs))
+
+    def record(self, kind: str, **fields) -> dict:
+        cfg = self.config
+        return {
+            "kind": kind, "config": cfg.id, "model": cfg.model, "dtype": cfg.dtype, "tp": cfg.tp,
+            "target": cfg.target.name, "device": cfg.target.device(cfg.tp), "eager_mode": cfg.eager_mode,
+            "attention": cfg.target.attention_impl,
+            "weights": ({"source": self.weights.source, "sha256": self.weights.sha256}
+                        if "weights" in self.__dict__ else None),
+            "stages": self.candidate.stages.to_record() if "candidate" in self.__dict__ else {},
+            "fault": self.fault.id if self.fault else None,
+            "command": cfg.command(), "versions": versions(), "machine": machine(), "time": time.time(), **fields,
+        }

@@ -1,0 +1,70 @@
+"""The configuration matrix: which (model, dtype, TP) configurations a run checks, from the options or the
+default matrix, and how `--shard i/N` splits them over machines."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from harness.common.errors import HarnessError
+from harness.iree.targets import Target
+from harness.reference.registry import DEFAULT_MODELS
+from harness.run.config import RunConfig
+
+DEFAULT_DTYPES = ("fp32", "fp16", "bf16")
+# The matrix when --model, --dtype and --tp are all left out (the quick tier; --nightly runs every check
+# of it). Entries: (model, dtypes, TP sizes, the checks run, None for all). Tensor parallelism on fp32:
+# TP 2 and 8 on the toy whose 16 / 8 heads allow 8, every check; TP 3 on SmolLM2 (9 / 3 heads allow
+# 1, 3, 9) end to end, because its sharded layer and 512-token programs cost ~4 min of export and compile
+# on 2 cores. SmolLM2 bf16 runs end to end only: its layer check costs 3 min (IREE's bf16 matmuls run at
+# ~1 GFLOP/s on CPUs without bf16 units), and the toy covers bf16 layer by layer. Options given alone
+# cross with the defaults of the others.
+DEFAULT_MATRIX = (
+    ("toy-tp8", DEFAULT_DTYPES, (1,), None), ("toy-tp8", ("fp32",), (2, 8), None),
+    ("smollm2-135m", ("fp32", "fp16"), (1,), None), ("smollm2-135m", ("bf16",), (1,), ("end_to_end",)),
+    ("smollm2-135m", ("fp32",), (3,), ("end_to_end",)),
+)
+
+
+def _csv(values: list[str] | None, default: tuple[str, ...]) -> list[str]:
+    return [v for value in (values or default) for v in value.split(",") if v]
+
+
+def parse_shard(value: str) -> tuple[int, int]:
+    """`--shard i/N` as (i - 1, N)."""
+    i, _, n = value.partition("/")
+    if not (i.isdigit() and n.isdigit() and 1 <= int(i) <= int(n)):
+        raise HarnessError(f"--shard {value!r}: expected i/N with 1 <= i <= N, e.g. 2/4")
+    return int(i) - 1, int(n)
+
+
+def in_shard(config_ids: list[str | None], shard: tuple[int, int]) -> list[bool]:
+    """Which items (by configuration id; None for a test without one) shard (i - 1, N) runs: the
+    configurations dealt round-robin in order of first appearance, the other tests to shard 1."""
+    index, count = shard
+    order = list(dict.fromkeys(c for c in config_ids if c is not None))
+    return [(order.index(c) if c is not None else 0) % count == index for c in config_ids]
+
+
+def target(get: Callable[[str], object]) -> Target:
+    return Target(hal_target_device=get("iree_hal_target_device"), cpu=get("iree_cpu"),
+                  hip_target=get("iree_hip_target"), cuda_target=get("iree_cuda_target"),
+                  device_uri=get("iree_device"), extra_flags=tuple(get("iree_compile_flag")),
+                  attention=get("attention"))
+
+
+def run_configs(get: Callable[[str], object], check: str | None = None) -> list[RunConfig]:
+    """The configuration matrix the options describe; `get(dest)` reads an option. With `check`
+    ("end_to_end", "layers", "perplexity"), the default matrix's entries that do not run it are left out."""
+    t = target(get)
+    if get("model") is None and get("dtype") is None and get("tp") is None:
+        matrix = [entry for entry in DEFAULT_MATRIX if check is None or entry[3] is None or check in entry[3]]
+    else:
+        tps = []
+        for tp in _csv(get("tp"), ("1",)):
+            if not tp.isdigit() or int(tp) < 1:
+                raise HarnessError(f"--tp: {tp!r} is not a positive integer")
+            tps.append(int(tp))
+        matrix = [(model, _csv(get("dtype"), DEFAULT_DTYPES), tps, None)
+                  for model in _csv(get("model"), DEFAULT_MODELS)]
+    return [RunConfig(model, dtype, tp, get("seq_len"), t, get("eager_reference"))
+            for model, dtypes, tps, _ in matrix for dtype in dtypes for tp in tps]

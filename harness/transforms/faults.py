@@ -1,0 +1,54 @@
+"""Numeric faults planted in the compiled model only (eager and the oracle stay clean), to prove that
+per-layer checks and bisection find what they claim to find."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch.nn.functional as F
+
+from harness.reference.llama.model import Llama
+
+# Which parameter of a decoder layer feeds each sub-block that has one.
+SUB_BLOCK_PARAMS = {
+    "attn_norm": "input_layernorm.weight", "q_proj": "self_attn.q_proj.weight",
+    "k_proj": "self_attn.k_proj.weight", "v_proj": "self_attn.v_proj.weight",
+    "o_proj": "self_attn.o_proj.weight", "mlp_norm": "post_attention_layernorm.weight",
+    "gate_proj": "mlp.gate_proj.weight", "up_proj": "mlp.up_proj.weight", "down_proj": "mlp.down_proj.weight",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Fault:
+    layer: int
+    sub_block: str  # where bisection must find it
+    kind: str  # "weight": one parameter perturbed in the archive; "op": a wrong op in the program
+
+    @property
+    def id(self) -> str:
+        return f"{self.kind}-layer{self.layer}-{self.sub_block}"
+
+
+
+def plant_fault(model: Llama, fault: Fault | None) -> Llama:
+    """`model` with `fault` planted (none: as it is)."""
+    if fault is None:
+        return model
+    layer = model.layers[fault.layer]
+    if fault.kind == "weight":
+        # Scaled by 1 + 2^-3: well outside bf16's rounding noise, small against the weights' spread.
+        param = layer.get_parameter(SUB_BLOCK_PARAMS[fault.sub_block])
+        param.data = param.data * 1.125  # a new tensor: the parameter may share the loaded weights' storage
+    else:
+        layer.mlp.act = F.gelu  # SwiGLU computed with GELU instead of SiLU
+    return model
+
+
+def weight_fault(layer: int, sub_block: str) -> Fault:
+    if sub_block not in SUB_BLOCK_PARAMS:
+        raise ValueError(f"sub-block {sub_block!r} has no parameter; choose from {', '.join(SUB_BLOCK_PARAMS)}")
+    return Fault(layer, sub_block, "weight")
+
+
+def op_fault(layer: int) -> Fault:
+    return Fault(layer, "swiglu", "op")
