@@ -28,6 +28,11 @@ from harness.common.errors import HarnessError
 from harness.numerics import metrics
 
 MULTIPLE: dict[torch.dtype, float] = {torch.float32: 16.0, torch.float16: 3.0, torch.bfloat16: 3.0}
+# The structured measures' multiples (per output channel, per position), and which dtypes judge them.
+STRUCTURED_MULTIPLE: dict[torch.dtype, float] = {torch.float32: 16.0, torch.float16: 3.0, torch.bfloat16: 3.0}
+MEASURES: dict[torch.dtype, tuple[str, ...]] = {
+    torch.float32: ("rmse", "max_abs"), torch.float16: ("rmse", "max_abs", "channel", "position"),
+    torch.bfloat16: ("rmse", "max_abs", "channel", "position")}
 FLOOR_ULPS = 1.0
 
 
@@ -37,8 +42,10 @@ class Verdict:
     reason: str
     # error / budget for each judged error: <= 1 passes. The quantity plots and bisection rank by.
     ratio: float
-    errors: dict[str, float]
+    errors: dict[str, float]  # the result's, against the oracle (structured: at the worst channel / position)
     budgets: dict[str, float]
+    reference_errors: dict[str, float] = dataclasses.field(default_factory=dict)  # eager's, where the budget is
+    where: dict[str, int] = dataclasses.field(default_factory=dict)  # structured: the worst channel / position
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -48,30 +55,60 @@ def budget(eager_error: float, scale: float, dtype: torch.dtype, multiple: float
     return (MULTIPLE[dtype] if multiple is None else multiple) * eager_error + FLOOR_ULPS * eps(dtype) * scale
 
 
+def _rms(x: torch.Tensor, dim: int) -> torch.Tensor:
+    return x.pow(2).mean(dim).sqrt()
+
+
+def structured(result: torch.Tensor, eager: torch.Tensor, oracle: torch.Tensor, dtype: torch.dtype,
+               multiple: float) -> dict[str, tuple[float, float, float, int]]:
+    """The error where it lives: for each output channel (the last dimension; RMS over every position) and
+    each position (RMS over the channels), the result's error against the oracle over its budget there,
+    `multiple` x eager's error there + 1 ulp of the oracle's RMS there. Rounding noise spreads over every
+    channel and position; a miscompiled row, head or position range concentrates where an aggregate dilutes
+    it. Returns, per measure ("channel", "position"), (error, budget, eager error, index) at the worst one."""
+    o = oracle.detach().to(torch.float64).reshape(-1, oracle.shape[-1])
+    d_r = result.detach().to(torch.float64).reshape(o.shape) - o
+    d_e = eager.detach().to(torch.float64).reshape(o.shape) - o
+    out = {}
+    for name, dim in (("channel", 0), ("position", 1)):
+        e_r, e_e = _rms(d_r, dim), _rms(d_e, dim)
+        budgets = multiple * e_e + FLOOR_ULPS * eps(dtype) * _rms(o, dim)
+        i = int((e_r / budgets).argmax())
+        out[name] = (float(e_r[i]), float(budgets[i]), float(e_e[i]), i)
+    return out
+
+
 def judge(result: torch.Tensor, eager: torch.Tensor, oracle: torch.Tensor, dtype: torch.dtype,
           reference: str = "eager", oracle_name: str = "fp64 oracle", multiple: float | None = None,
-          measures: tuple[str, ...] = ("rmse", "max_abs")) -> Verdict:
+          measures: tuple[str, ...] | None = None) -> Verdict:
     """Judge `result` (e.g. the compiled output) for a model run in `dtype`, against the error of
     `eager` (or of another `reference`, so named in the reason: e.g. the compiled TP 1 model), both
     measured against `oracle` (the fp64 oracle, unless `oracle_name` says otherwise), with the dtype's
-    multiple unless `multiple` is given, on the `measures` named (RMSE and max abs error by default)."""
+    multiples unless `multiple` is given, on the `measures` named (default: the dtype's MEASURES; every
+    measure is recorded, only these decide)."""
     if not metrics.all_finite(result):
         n_bad = int((~torch.isfinite(result)).sum())
         return Verdict(False, f"{n_bad} non-finite values (NaN/Inf)", float("inf"), {}, {})
     if not metrics.all_finite(eager):
         return Verdict(False, f"the {reference} reference itself has NaN/Inf", float("inf"), {}, {})
+    measures = MEASURES[dtype] if measures is None else measures
     errors = {"rmse": metrics.rmse(result, oracle), "max_abs": metrics.max_abs(result, oracle)}
-    budgets = {
-        "rmse": budget(metrics.rmse(eager, oracle), metrics.rms(oracle), dtype, multiple),
-        "max_abs": budget(metrics.max_abs(eager, oracle), float(oracle.abs().max()), dtype, multiple),
-    }
+    reference_errors = {"rmse": metrics.rmse(eager, oracle), "max_abs": metrics.max_abs(eager, oracle)}
+    budgets = {"rmse": budget(reference_errors["rmse"], metrics.rms(oracle), dtype, multiple),
+               "max_abs": budget(reference_errors["max_abs"], float(oracle.abs().max()), dtype, multiple)}
+    where = {}
+    for name, (error, bound, ref_error, index) in structured(
+            result, eager, oracle, dtype, STRUCTURED_MULTIPLE[dtype] if multiple is None else multiple).items():
+        errors[name], budgets[name], reference_errors[name], where[name] = error, bound, ref_error, index
     ratios = {k: errors[k] / budgets[k] for k in measures}
     worst = max(ratios, key=ratios.get)
     passed = ratios[worst] <= 1.0
-    reason = (f"{worst} vs {oracle_name} {errors[worst]:.3g} {'<=' if passed else '>'} budget "
-              f"{budgets[worst]:.3g} ({MULTIPLE[dtype] if multiple is None else multiple:g} x {reference} {str(dtype).removeprefix('torch.')} error + "
-              f"{FLOOR_ULPS:g} ulp floor)")
-    return Verdict(passed, reason, ratios[worst], errors, budgets)
+    at = f" at {worst} {where[worst]}" if worst in where else ""
+    used = (STRUCTURED_MULTIPLE if worst in where else MULTIPLE)[dtype] if multiple is None else multiple
+    reason = (f"{worst if worst not in where else 'rmse'}{at} vs {oracle_name} {errors[worst]:.3g} "
+              f"{'<=' if passed else '>'} budget {budgets[worst]:.3g} ({used:g} x {reference} "
+              f"{str(dtype).removeprefix('torch.')} error + {FLOOR_ULPS:g} ulp floor)")
+    return Verdict(passed, reason, ratios[worst], errors, budgets, reference_errors, where)
 
 
 @dataclasses.dataclass(frozen=True)

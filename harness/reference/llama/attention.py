@@ -15,6 +15,12 @@ import torch.nn.functional as F
 IMPLS = ("sdpa", "math")
 
 
+def full_dtype(dtype: torch.dtype) -> torch.dtype:
+    """What a model of `dtype` computes its softmax, norm statistics and RoPE tables in: fp32, as Hugging
+    Face's Llama does for fp32/fp16/bf16, and fp64 for the fp64 oracle, which must round nowhere in fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def causal_mask(seq_len: int, dtype: torch.dtype) -> torch.Tensor:
     """The additive causal mask: 0 on and below the diagonal, -inf above."""
     return torch.full((seq_len, seq_len), float("-inf"), dtype=dtype).triu(1)
@@ -29,7 +35,7 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_fn=No
 
 def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_fn=causal_mask) -> torch.Tensor:
     scores = q @ k.transpose(-1, -2) * (q.shape[-1] ** -0.5) + mask_fn(q.shape[-2], q.dtype)
-    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v
+    return torch.softmax(scores, dim=-1, dtype=full_dtype(q.dtype)).to(q.dtype) @ v
 
 
 ATTENTION = {"sdpa": sdpa_attention, "math": math_attention}

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.reference.llama.attention import ATTENTION
+from harness.reference.llama.attention import ATTENTION, full_dtype
 from harness.reference.llama.config import LlamaConfig, RopeScaling
 from harness.reference.precision import full_precision
 
@@ -46,7 +46,7 @@ def rope_inv_freq(config: LlamaConfig, dtype: torch.dtype) -> torch.Tensor:
 @full_precision
 def rope_tables(config: LlamaConfig, seq_len: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables, computed in fp32 (fp64 for an fp64 model) whatever the model's dtype."""
-    dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    dtype = full_dtype(dtype)
     positions = torch.arange(seq_len, dtype=dtype)
     freqs = positions[:, None] * rope_inv_freq(config, dtype)[None, :]  # not torch.outer: IREE lacks it
     emb = torch.cat((freqs, freqs), dim=-1)
@@ -82,7 +82,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 @full_precision
 def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
-    x = x.float()
+    x = x.to(full_dtype(x.dtype))
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
 
 
