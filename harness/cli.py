@@ -4,7 +4,6 @@ matrix. Exit status: 0 all passed, 1 a check failed, 2 bad input (one line on st
 from __future__ import annotations
 
 import argparse
-import datetime
 import shlex
 import sys
 from pathlib import Path
@@ -12,20 +11,23 @@ from pathlib import Path
 from harness.checks import bisect, end_to_end, perplexity
 from harness.common.errors import HarnessError
 from harness.reporting import merge, records, summary, trend
+from harness.reporting.records import new_run_dir
 from harness.run import matrix, options
 from harness.run.case import Case
 from harness.transforms.shard import UnfitTP
 
 
 def _run_dir(args) -> Path:
-    return Path(args.report_dir) / (args.run_name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    return new_run_dir(Path(args.report_dir), args.run_name)
 
 
 def _each_config(args, check, kind: str) -> int:
     """Run `check(case, run_dir) -> (record, passed, text)` for every configuration of the matrix; a failed
     stage is recorded and the others go on. Writes the records and the summary."""
     run_dir, failed = _run_dir(args), 0
-    for config in matrix.run_configs(lambda dest: getattr(args, dest)):
+    configs = matrix.run_configs(lambda dest: getattr(args, dest))
+    records.append(run_dir / "records.jsonl", records.plan([(kind, c.id) for c in configs]))
+    for config in configs:
         case = Case(config)
         try:
             rec, passed, text = check(case, run_dir)

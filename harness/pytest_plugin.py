@@ -13,7 +13,6 @@ alone under pytest-xdist).
 
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
 
 import pytest
@@ -39,8 +38,10 @@ def pytest_configure(config):
     if hasattr(config, "workerinput"):  # an xdist worker writes into its controller's run directory
         run_dir = config.workerinput["harness_run_dir"]
     else:
-        name = config.getoption("run_name") or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = str(Path(config.getoption("report_dir")) / name)
+        try:
+            run_dir = str(records.new_run_dir(Path(config.getoption("report_dir")), config.getoption("run_name")))
+        except HarnessError as e:
+            raise pytest.UsageError(str(e)) from None
         if not config.option.xmlpath:
             config.option.xmlpath = str(Path(run_dir) / "junit.xml")
         # The run exists from its start, whatever check writes first (a layer check writes its plot
@@ -88,6 +89,18 @@ def pytest_collection_modifyitems(config, items):
         run_config = _run_config(item)
         if run_config is not None:
             item.add_marker(pytest.mark.xdist_group(run_config.id))
+
+
+def pytest_collection_finish(session):
+    """The run's plan: every (check, configuration) it sets out to check (under xdist each worker writes the
+    same plan; a reader takes their union)."""
+    if session.config.option.collectonly:
+        return
+    checks = [(item.function.__name__.removeprefix("test_"), rc.id) for item in session.items
+              if (rc := _run_config(item)) is not None]
+    if checks:
+        records.append(session.config.harness_run_dir / "records.jsonl",
+                       records.plan(checks, session.config.getoption("shard")))
 
 
 @pytest.fixture(scope="session")
@@ -182,15 +195,21 @@ def pytest_sessionfinish(session):
     run_dir = session.config.harness_run_dir
     if not (run_dir / "records.jsonl").exists():
         return
-    summary.write_summary(run_dir)
+    try:
+        summary.write_summary(run_dir)
+        failed = bool(records.missing(records.read(run_dir / "records.jsonl")))
+    except HarnessError as e:  # corrupt records: nothing can be said of this run
+        (run_dir / "summary.md").write_text(f"# Harness run `{run_dir.name}`\n\n❌ {e}\n")
+        failed = True
     if session.config.getoption("diff_previous"):
         try:
             text, passed = trend.diff(trend.previous_run(run_dir), run_dir)
-        except HarnessError as e:
-            text, passed = f"report diff: {e}", True
+        except HarnessError as e:  # no previous run, unreadable records: the gate did not run, so it fails
+            text, passed = f"❌ report diff could not run: {e}", False
         (run_dir / "diff.md").write_text(text)
-        if not passed:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        failed |= not passed
+    if failed:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter, config):

@@ -14,7 +14,7 @@ import pytest
 from harness import cli
 from harness.checks import end_to_end
 from harness.common.errors import STAGES, HarnessError
-from harness.reporting import expected, merge, records, trend
+from harness.reporting import expected, merge, records, summary, trend
 from harness.run import matrix
 from harness.run.case import Case
 from harness.run.config import RunConfig
@@ -139,6 +139,64 @@ def test_unexpected_pass_fails(tmp_path):
 def _append_many(path, worker):
     for i in range(200):
         records.append(path, {"kind": "x", "worker": worker, "i": i, "pad": "y" * 5000})
+
+
+def test_a_planned_check_without_a_record_fails_the_gate(toy_records, tmp_path):
+    """A configuration that crashed (or a killed worker) leaves its plan and no record: the diff fails on it,
+    and so does a check the old run had that the new run lost without a plan saying why."""
+    (first, second), _ = toy_records
+    lost = copy.deepcopy(second) | {"config": "toy-gqa-fp16-tp1"}
+    old = write_run(tmp_path / "old", [first, lost])
+    planned = records.plan([("end_to_end", "toy-gqa-fp32-tp1"), ("end_to_end", "toy-gqa-fp16-tp1")])
+    new = write_run(tmp_path / "new", [planned, second])
+    text, passed = trend.diff(old, new)
+    assert not passed and "| end_to_end | toy-gqa-fp16-tp1 | missing: planned, no record (crashed or killed?), " \
+        "was passed |" in text
+    unplanned = write_run(tmp_path / "unplanned", [second])
+    text, passed = trend.diff(old, unplanned)
+    assert not passed and "missing: no record, was passed" in text
+    summary.write_summary(new)
+    assert "❌ missing: end_to_end toy-gqa-fp16-tp1: planned, no record" in (new / "summary.md").read_text()
+
+
+def test_merge_fails_on_a_missing_shard(toy_records, tmp_path):
+    (first, second), _ = toy_records
+    shard = lambda i: records.plan([("end_to_end", "toy-gqa-fp32-tp1")], f"{i}/3")  # noqa: E731
+    runs = [write_run(tmp_path / f"s{i}", [shard(i), first]) for i in (1, 3)]
+    with pytest.raises(HarnessError, match=r"^report merge: shard\(s\) 2/3 of 3: missing$"):
+        merge.merge(tmp_path / "merged", runs)
+    proc = harness_cli("report", "merge", str(tmp_path / "m"), *map(str, runs))
+    assert proc.returncode == 2 and "shard(s) 2/3 of 3: missing" in proc.stderr
+
+
+def test_diff_previous_fails_when_it_cannot_diff(tmp_path):
+    proc = run_suite(tmp_path, "", "--diff-previous")  # the first run: nothing to diff against
+    assert proc.returncode == 1, proc.stdout
+    assert "report diff could not run" in (tmp_path / "r" / "diff.md").read_text()
+
+
+def test_a_corrupt_record_is_named_and_a_torn_one_reported(tmp_path):
+    path = tmp_path / "records.jsonl"
+    records.append(path, {"kind": "x"})
+    with open(path, "a") as f:
+        f.write("{not json}\n")
+    records.append(path, {"kind": "y"})
+    with pytest.raises(HarnessError, match=rf"^{path}:2: not a JSON record"):
+        records.read(path)
+    assert harness_cli("report", "summary", str(tmp_path)).returncode == 2
+    torn = tmp_path / "torn" / "records.jsonl"
+    records.append(torn, {"kind": "x"})
+    with open(torn, "a") as f:
+        f.write('{"kind": "y", "con')
+    assert records.read(torn) == [{"kind": "x"}]
+    summary.write_summary(torn.parent)
+    assert f"{torn}:2: a truncated last record" in (torn.parent / "summary.md").read_text()
+
+
+def test_a_run_name_is_never_appended_to(tmp_path):
+    write_run(tmp_path / "r", [{"kind": "x"}])
+    proc = harness_cli("run", "--model", "toy-gqa", "--dtype", "fp32", "--report-dir", str(tmp_path), "--run-name", "r")
+    assert proc.returncode == 2 and "already holds a run's records" in proc.stderr
 
 
 def test_parallel_writers_and_a_torn_line(tmp_path):

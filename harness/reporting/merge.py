@@ -10,14 +10,38 @@ from harness.reporting import records
 from harness.reporting.summary import write_summary
 
 
+def _check_shards(runs: dict[Path, list[dict]]) -> None:
+    """Shards of one matrix (`--shard i/N`) must all be there, each once: a dead shard's configurations
+    would otherwise vanish from the merged run instead of failing it."""
+    shards = {d: {r["shard"] for r in recs if r["kind"] == "plan" and r.get("shard")} for d, recs in runs.items()}
+    if not any(shards.values()):
+        return  # not shards of a matrix
+    for d, s in shards.items():
+        if len(s) != 1:
+            raise HarnessError(f"report merge: {d} is not one shard of a matrix (its plans name {sorted(s) or 'none'})")
+    named = [next(iter(s)) for s in shards.values()]
+    counts = {n.split("/")[1] for n in named}
+    if len(counts) != 1:
+        raise HarnessError(f"report merge: shards of different splits: {', '.join(sorted(named))}")
+    total = int(counts.pop())
+    absent = [f"{i}/{total}" for i in range(1, total + 1) if f"{i}/{total}" not in named]
+    if absent or len(named) != len(set(named)):
+        raise HarnessError(f"report merge: shard(s) {', '.join(absent) or 'repeated'} of {total}: "
+                           f"{'missing' if absent else ', '.join(sorted(named))}")
+
+
 def merge(out_dir: Path, run_dirs: list[Path]) -> Path:
     """One run from several (the shards of a matrix split over machines): their records and plots in
-    `out_dir`, and its summary."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    `out_dir`, and its summary. Every shard of the matrix must be given (`_check_shards`)."""
+    runs = {}
     for run_dir in run_dirs:
         if not (run_dir / "records.jsonl").exists():
             raise HarnessError(f"{run_dir}: no records.jsonl (not a harness run directory)")
-        for rec in records.read(run_dir / "records.jsonl"):
+        runs[run_dir] = records.read(run_dir / "records.jsonl")
+    _check_shards(runs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for run_dir, recs in runs.items():
+        for rec in recs:
             records.append(out_dir / "records.jsonl", rec)
         for plot in run_dir.glob("*.png"):
             shutil.copy2(plot, out_dir / plot.name)

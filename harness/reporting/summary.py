@@ -141,6 +141,16 @@ def failures(recs: list[dict]) -> list[tuple[str, str]]:
             for rec in recs for name, stage in rec.get("stages", {}).items() if stage["status"] == "failed"]
 
 
+def not_checked(recs: list[dict], torn: str | None = None) -> list[str]:
+    """Every way this run did not check what it meant to: planned checks with no record (crashed, killed),
+    checks whose gate had nothing to compare with (ungated), and a torn last record."""
+    lines = [f"❌ missing: {check} {config}: planned, no record (crashed or killed?)"
+             for check, config in records.missing(recs)]
+    lines += [f"⚠️ ungated: {r['config']} {g['gate']}: {g['message']}" for r in recs if r["kind"] == "perplexity"
+              for g in r.get("gates", []) if g["verdict"] == "ungated"]
+    return lines + ([f"⚠️ {torn}"] if torn else [])
+
+
 def skipped(recs: list[dict]) -> list[str]:
     return sorted({f"{r['config']}: {r['reason']}" for r in recs if r["kind"] == "skipped"})
 
@@ -172,8 +182,10 @@ def _machine(recs: list[dict]) -> str:
         or "not recorded")
 
 
-def markdown(run_dir: Path, recs: list[dict]) -> str:
+def markdown(run_dir: Path, recs: list[dict], gaps: list[str]) -> str:
     parts = [f"# Harness run `{run_dir.name}`", "", _machine(recs), "", _versions(recs), ""]
+    if gaps:
+        parts += ["## Not checked", "", *(f"- {g}" for g in gaps), ""]
     for title, (headers, rows) in sections(recs):
         if headers[-1] == "Plot":
             rows = [[*r[:-1], f"![plot]({r[-1]})" if r[-1] else ""] for r in rows]
@@ -207,10 +219,12 @@ STYLE = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:110em}table
          "th{background:#f3f3f3}pre{background:#f6f6f6;padding:.6em;white-space:pre-wrap}")
 
 
-def page(run_dir: Path, recs: list[dict]) -> str:
+def page(run_dir: Path, recs: list[dict], gaps: list[str]) -> str:
     parts = [f"<!doctype html><meta charset='utf-8'><title>Harness run {html.escape(run_dir.name)}</title>",
              f"<style>{STYLE}</style><h1>Harness run <code>{html.escape(run_dir.name)}</code></h1>",
              f"<p>{html.escape(_machine(recs))}</p><p>{html.escape(_versions(recs))}</p>"]
+    if gaps:
+        parts += ["<h2>Not checked</h2><ul>", *(f"<li>{html.escape(g)}</li>" for g in gaps), "</ul>"]
     for title, (headers, rows) in sections(recs):
         parts += [f"<h2>{html.escape(title)}</h2>", _html_table(headers, rows, run_dir)]
     for rec in sorted((r for r in recs if r["kind"] == "layers" and "parts" in r), key=lambda r: r["config"]):
@@ -228,7 +242,8 @@ def page(run_dir: Path, recs: list[dict]) -> str:
 def write_summary(run_dir: Path) -> Path:
     """Write summary.md and summary.html of the run's records; returns summary.md's path."""
     recs = records.read(run_dir / "records.jsonl")
-    (run_dir / "summary.html").write_text(page(run_dir, recs))
+    gaps = not_checked(recs, records.torn_line(run_dir / "records.jsonl"))
+    (run_dir / "summary.html").write_text(page(run_dir, recs, gaps))
     path = run_dir / "summary.md"
-    path.write_text(markdown(run_dir, recs))
+    path.write_text(markdown(run_dir, recs, gaps))
     return path

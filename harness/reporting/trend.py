@@ -3,6 +3,9 @@
 Each check of a configuration (end_to_end, layers, perplexity) is compared by status and metric:
 - New failures (passed or absent -> failed) and regressions beyond noise fail the gate; fixes, known
   failures (golden/expected_failures.toml) and changes within noise do not.
+- A check with no record fails it too: one the new run planned (its "plan" record) and never recorded
+  crashed or was killed; one the old run had and the new run neither planned nor skipped went missing.
+  Records that cannot be read fail it (records.read names the line).
 - End to end and layer by layer: the error / budget ratio (harness/numerics/tolerance.py). Compiled
   numerics are deterministic on one machine (reruns give the same ratio to the last digit), so the noise
   is what another machine of the same kind or an unrelated dependency bump moves; a change counts when
@@ -10,7 +13,8 @@ Each check of a configuration (end_to_end, layers, perplexity) is compared by st
 - Perplexity: each engine's ln PPL, on the same protocol. The runs score prefixes of one window sequence,
   so sampling noise cancels on the windows both scored (gate.py's golden gate reasons the same way): the
   SE of the difference is se_small * sqrt(1 - n_small / n_large), from the records' window-clustered SEs.
-  A change counts when it exceeds NOISE_Z such SEs and the dtype's paired budget (gate.BUDGETS).
+  A change counts when it exceeds NOISE_Z such SEs and the dtype's paired budget
+  (numerics/tolerance.py's PERPLEXITY_BUDGETS).
 """
 
 from __future__ import annotations
@@ -87,13 +91,30 @@ def _ppl_changes(key: str, old: dict, new: dict) -> list[Change]:
     return changes
 
 
+def _absent(key: str, o: dict | None, new_recs: list[dict], missing: set[str]) -> Change:
+    """What it means that check `key` has no record in the new run: a planned check with none crashed (or
+    was killed), and so did one the old run had unless the new run says why (a skip, another matrix)."""
+    was = f", was {o['_status']}" if o else ""
+    if key in missing:
+        return Change(key, f"missing: planned, no record (crashed or killed?){was}", True)
+    check, config = key.split(" ")
+    skip = next((r for r in new_recs if r["kind"] == "skipped" and r["config"] == config
+                 and r.get("check") in (None, check)), None)
+    if skip:
+        return Change(key, f"skipped: {skip['reason']}{was}", False)
+    if any(r["kind"] == "plan" for r in new_recs):
+        return Change(key, f"not in this run's matrix{was}", False)
+    return Change(key, f"missing: no record{was}", True)
+
+
 def compare(old_recs: list[dict], new_recs: list[dict]) -> list[Change]:
     old, new = _latest(old_recs), _latest(new_recs)
+    missing = {f"{check} {config}" for check, config in records.missing(new_recs)}
     changes = []
-    for key in sorted(new.keys() | old.keys()):
+    for key in sorted(new.keys() | old.keys() | missing):
         o, n = old.get(key), new.get(key)
         if n is None:
-            changes.append(Change(key, f"not run (was {o['_status']})", False))
+            changes.append(_absent(key, o, new_recs, missing))
             continue
         before = o["_status"] if o else "absent"
         if n["_status"] != before:
@@ -141,4 +162,5 @@ def diff(old_dir: Path, new_dir: Path) -> tuple[str, bool]:
     new_recs = records.read(new_dir / "records.jsonl")
     changes = compare(records.read(old_dir / "records.jsonl"), new_recs)
     text = markdown(old_dir.name, new_dir.name, changes, len(_latest(new_recs)))
-    return text, not any(c.regression for c in changes)
+    torn = [t for d in (old_dir, new_dir) if (t := records.torn_line(d / "records.jsonl"))]
+    return "\n".join([text, *(f"⚠️ {t}" for t in torn)]), not any(c.regression for c in changes)

@@ -18,7 +18,7 @@ def test_perplexity(case, write_record, pytestconfig, golden_dir, conclude):
               else f"perplexity: {config.dtype} is in the nightly tier (--nightly, or --ppl-dtypes)"
               if not nightly and config.dtype not in opt("ppl_dtypes").split(",") else None)
     if reason:  # in the report, not only in pytest's output
-        write_record({"kind": "skipped", "config": config.id, "reason": reason})
+        write_record({"kind": "skipped", "config": config.id, "check": "perplexity", "reason": reason})
         pytest.skip(reason)
     windows = perplexity.windows(case.reference, None if nightly else opt("ppl_windows"), opt("ppl_n_ctx"),
                                  opt("ppl_scheme"), opt("dataset"), opt("text_form"))
