@@ -1,5 +1,7 @@
 """`python -m harness <command>`: the suites' checks from the command line, for one configuration or a
-matrix. Exit status: 0 all passed, 1 a check failed, 2 bad input (one line on stderr)."""
+matrix. Exit status: 0 all passed, 1 a check failed, 2 bad input (one line on stderr: an option, a model
+file or a device that cannot work). The other configurations go on after a failed stage or a
+configuration's bad input; the status is the worst."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import sys
 from pathlib import Path
 
 from harness.checks import bisect, end_to_end, perplexity
-from harness.common.errors import HarnessError
+from harness.common.errors import HarnessError, StageFailure
 from harness.reporting import merge, records, summary, trend
 from harness.reporting.records import new_run_dir
 from harness.run import matrix, options
@@ -24,7 +26,7 @@ def _run_dir(args) -> Path:
 def _each_config(args, check, kind: str) -> int:
     """Run `check(case, run_dir) -> (record, passed, text)` for every configuration of the matrix; a failed
     stage is recorded and the others go on. Writes the records and the summary."""
-    run_dir, failed = _run_dir(args), 0
+    run_dir, failed, bad_input = _run_dir(args), 0, []
     configs = matrix.run_configs(lambda dest: getattr(args, dest))
     records.append(run_dir / "records.jsonl", records.plan([(kind, c.id) for c in configs]))
     for config in configs:
@@ -35,12 +37,19 @@ def _each_config(args, check, kind: str) -> int:
             records.append(run_dir / "records.jsonl", {"kind": "skipped", "config": config.id, "reason": str(e)})
             print(f"{config.id}: SKIP {e}")
             continue
-        except HarnessError as e:  # a failed stage (already in the candidate's stages) or bad input
+        except StageFailure as e:  # already in the candidate's stages, with its reproducer
+            rec, passed, text = case.record(kind, failure={"stage": e.stage, "message": str(e)}), False, str(e)
+        except HarnessError as e:  # this configuration's bad input: a model file, an option, a device
             rec, passed, text = case.record(kind, failure={"message": str(e)}), False, str(e)
+            bad_input.append(f"{config.id}: {e}")
         records.append(run_dir / "records.jsonl", rec)
         failed += not passed
         print(f"{config.id}: {'PASS' if passed else 'FAIL'} {text}")
     print(f"report: {summary.write_summary(run_dir)}")
+    if bad_input:
+        print(f"error: {bad_input[0]}" + (f" (and {len(bad_input) - 1} more)" if len(bad_input) > 1 else ""),
+              file=sys.stderr)
+        return 2
     return 1 if failed else 0
 
 

@@ -160,9 +160,17 @@ class Conclusion:
     def __init__(self, entries: list[expected.Expected], case: Case, check: str, write_record):
         self.entries, self.case, self.check, self.write = entries, case, check, write_record
 
-    def stage_failed(self, e: StageFailure) -> None:
-        self.write(self.case.record(self.check, failure={"stage": e.stage, "message": str(e)}))
-        self([(e.stage, f"{e}\nreproducer: {e.reproducer}")])
+    def attempt(self, check):
+        """`check()`'s record; a failed stage is recorded and concluded (xfailed if expected, else failed),
+        bad input recorded and failed with its one line."""
+        try:
+            return check()
+        except StageFailure as e:
+            self.write(self.case.record(self.check, failure={"stage": e.stage, "message": str(e)}))
+            self([(e.stage, f"{e}\nreproducer: {e.reproducer}")])
+        except HarnessError as e:
+            self.write(self.case.record(self.check, failure={"message": str(e)}))
+            pytest.fail(f"{self.case.config.id}: {e}", pytrace=False)
 
     def __call__(self, failures: list[tuple[str, str]]) -> None:
         """`failures`: (stage, message) pairs; none means the check passed."""

@@ -1,11 +1,14 @@
 """Bad input and failed stages: one line that names the option, file or stage, never a traceback; a failed
 stage keeps a reproducer and the other configurations go on."""
 
+import json
 import subprocess
 import sys
 
 import pytest
 import torch
+
+from harness.reference.weights.packaged import shipped_smollm2_gguf
 
 from harness.checks import end_to_end
 from harness.common.errors import HarnessError, StageFailure
@@ -20,6 +23,13 @@ def harness_cli(*args, tmp_path):
                           capture_output=True, text=True)
 
 
+@pytest.fixture(scope="module")
+def truncated_gguf(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gguf") / "truncated.gguf"
+    path.write_bytes(shipped_smollm2_gguf().read_bytes()[:50_000_000])
+    return path
+
+
 @pytest.mark.parametrize("args, says", [
     (["--model", "nope"], "--model: unknown model 'nope'"),
     (["--model", "toy-gqa", "--dtype", "fp7"], "--dtype: unknown dtype 'fp7'"),
@@ -28,10 +38,34 @@ def harness_cli(*args, tmp_path):
     (["--model", "toy-gqa", "--iree-device", "hip://0"], "cannot run modules compiled for --iree-hal-target-device=local"),
 ])
 def test_cli_bad_input_is_one_line(args, says, tmp_path):
-    proc = harness_cli("run", *args, tmp_path=tmp_path)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and says in proc.stderr
+    assert_bad_input(harness_cli("run", *args, tmp_path=tmp_path), says)
+
+
+def assert_bad_input(proc, says):
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and says in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("command, args, says", [
+    ("run", ["--model", "TRUNCATED", "--dtype", "fp32"], "not a readable GGUF file (truncated or corrupt?)"),
+    ("run", ["--model", "toy-gqa", "--dtype", "fp32", "--seq-len", "0"], "--seq-len 0: must be a positive number"),
+    ("run", ["--model", "toy-gqa", "--dtype", "fp32", "--seq-len", "1000"], "--seq-len 1000: toy-gqa takes at most 512"),
+    ("run", ["--model", "toy-gqa", "--dtype", "fp32", "--threads", "-1"], "--threads -1: must be a positive count"),
+    ("run", ["--model", "toy-gqa", "--dtype", "fp32", "--iree-device", "local-task://999"], "cannot create device"),
+    ("perplexity", ["--model", "smollm2-135m", "--dtype", "fp32", "--ppl-n-ctx", "9000"],
+     "--ppl-n-ctx 9000: smollm2-135m takes at most 8192 tokens"),
+    ("perplexity", ["--model", "smollm2-135m", "--dtype", "fp32", "--windows", "0"], "--ppl-windows 0: must be"),
+])
+def test_every_promised_exit_status_2(command, args, says, truncated_gguf, tmp_path):
+    """The README promises exit status 2 and one line for bad input: a corrupt model file, an option value
+    that cannot work, a device that cannot be created; before any export where the option alone says it."""
+    args = [str(truncated_gguf) if a == "TRUNCATED" else a for a in args]
+    proc = harness_cli(command, *args, tmp_path=tmp_path)
+    assert_bad_input(proc, says)
+    if "--seq-len" in args or "--threads" in args:  # refused before any export
+        recs = [json.loads(line) for f in tmp_path.glob("*/records.jsonl") for line in f.read_text().splitlines()]
+        assert not any(r.get("stages") for r in recs)
 
 
 def test_suite_bad_model_fails_with_one_line(tmp_path):

@@ -85,3 +85,20 @@ def test_bisection_localises_a_fault_in_a_sharded_model(fault, tmp_path):
     rec = Case(RunConfig("toy-tp8", "fp32", tp=2), fault=fault).run(bisect.bisect, artifacts=tmp_path)
     assert (rec["layer"], rec["sub_block"]) == (f"layer_{fault.layer}", fault.sub_block), bisect.format_bisect(rec)
     assert rec["tp"] == 2 and rec["reproducer"].count("--device=local-task") == 2
+
+
+def collected(*args) -> set[str]:
+    out = subprocess.run([sys.executable, "-m", "pytest", "suites/llama", "--collect-only", "-q", "-p",
+                          "no:cacheprovider", *args], capture_output=True, text=True).stdout
+    return {line.split("::")[1] for line in out.splitlines() if "::" in line}
+
+
+def test_nightly_matrix_is_the_quick_one_plus_every_check_at_tp():
+    quick, nightly = collected(), collected("--nightly")
+    assert quick < nightly
+    assert {f"test_{check}[{config}]" for check in ("end_to_end", "layers", "perplexity")
+            for config in ("smollm2-135m-fp32-tp3", "toy-tp8-fp32-tp8", "smollm2-135m-bf16-tp1")} <= nightly
+
+
+def test_ppl_dtypes_bf16_makes_its_test():
+    assert "test_perplexity[smollm2-135m-bf16-tp1]" in collected("--ppl-dtypes", "fp32,bf16")

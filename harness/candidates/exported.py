@@ -6,6 +6,7 @@ as well; the module by program, flags and compiler), so every check of a configu
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +27,14 @@ from harness.transforms.faults import Fault, plant_fault
 from harness.transforms.shard import shard
 
 PACKAGE = Path(__file__).resolve().parents[1]
-# Sources whose text decides what an export contains: a change to any of them invalidates the cache.
-EXPORT_SOURCES = ("reference/llama/model.py", "reference/llama/attention.py", "reference/llama/config.py",
-                  "reference/precision.py", "reference/eager.py", "transforms/shard.py", "transforms/quantize.py",
-                  "transforms/w8a8.py", "transforms/faults.py", "candidates/programs.py", "candidates/exported.py",
-                  "iree/export.py")
+# Everything whose text can change an exported program or its parameters: the reference (model, weight
+# loaders, the registry's random toys), the transforms, the candidates, the exporter, the dtype table.
+EXPORT_SOURCES = ("reference/**/*.py", "transforms/*.py", "candidates/*.py", "iree/export.py", "common/dtypes.py")
+
+
+@functools.cache
+def source_digest() -> str:
+    return digest(*(p.read_bytes() for pattern in EXPORT_SOURCES for p in sorted(PACKAGE.glob(pattern))))
 
 
 class CompiledForward:
@@ -117,15 +121,15 @@ class ExportedCandidate:
             tokens = torch.zeros(1, seq_len, dtype=torch.int64)
             entries = (forward_entries(tokens, first) if program == "forward"
                        else layer_entries(tokens, config.n_layers, config.dim))
-            code = [(PACKAGE / s).read_bytes() for s in EXPORT_SOURCES]
+            code = source_digest()
             fault = self.fault
             op_fault = fault.id if fault and fault.kind == "op" else ""
             weight_fault = fault.id if fault and fault.kind == "weight" else ""
             dtype = self.variant.dtype
-            program_key = digest(*code, str(config.to_dict()), dtype, str(tp), program, str(first),
+            program_key = digest(code, str(config.to_dict()), dtype, str(tp), program, str(first),
                                  self.variant.attention, fp8_decode, op_fault, str(versions()),
                                  *(str(tuple(a.shape)) for e in entries for a in e.args))
-            params_key = digest(*code, self.variant.weights.sha256, dtype, str(tp), weight_fault)
+            params_key = digest(code, self.variant.weights.sha256, dtype, str(tp), weight_fault, str(versions()))
             with self.stages.timed("export", stage_label) as st:
                 exported = export_program(model, entries, program_key, params_key, self.command)
                 st.seconds, st.cached = exported.seconds, exported.cached

@@ -26,6 +26,9 @@ def windows(reference: Reference, n_windows: int | None = QUICK_WINDOWS, n_ctx: 
     if reference.tokenizer is None:
         raise HarnessError(f"--model {reference.name}: has no tokenizer (a random toy); perplexity needs a "
                            "real model")
+    if n_ctx > reference.weights.config.max_seq_len:
+        raise HarnessError(f"--ppl-n-ctx {n_ctx}: {reference.name} takes at most "
+                           f"{reference.weights.config.max_seq_len} tokens")
     return make_windows(load_text(dataset, form), reference.tokenizer(), scheme, n_ctx, max_windows=n_windows)
 
 

@@ -1,8 +1,8 @@
-"""iree-compile behind one function, with a cache keyed by (program, flags, compiler version)."""
+"""iree-compile behind one function, with a cache keyed by (program, flags, the compiler's bytes)."""
 
 from __future__ import annotations
 
-import importlib.metadata
+import functools
 import os
 import shlex
 import shutil
@@ -11,12 +11,24 @@ import sys
 import time
 from pathlib import Path
 
-from harness.common.cache import cache_dir, digest
-from harness.common.errors import StageFailure
+from harness.common.cache import cache_dir, digest, file_sha256
+from harness.common.errors import HarnessError, StageFailure
 
 
-def compiler_version() -> str:
-    return importlib.metadata.version("iree-base-compiler")
+@functools.cache
+def compiler_identity() -> str:
+    """sha256 over the compiler that runs: the iree-compile executable and, next to it, the compiler library
+    it loads. A pip `iree-compile` is a Python script that runs the package's binary: that binary is hashed.
+    Two builds with one version string are two compilers; the cache must not mix their modules."""
+    path = Path(tool("iree-compile"))
+    if path.is_file() and path.read_bytes()[:2] == b"#!":
+        from iree.compiler.tools import binaries
+
+        path = Path(binaries.find_tool("iree-compile"))
+    if not path.is_file():
+        raise HarnessError(f"iree-compile: {path} is not a file (install iree-base-compiler)")
+    libraries = sorted(path.resolve().parent.glob("libIREECompiler*"))
+    return digest(*(file_sha256(p) for p in [path, *libraries]))
 
 
 def tool(name: str) -> str:
@@ -32,7 +44,7 @@ def compile_command(mlir: Path, vmfb: Path, flags: list[str]) -> list[str]:
 
 def compile_module(mlir: Path, flags: list[str]) -> tuple[Path, float, bool]:
     """Compile `mlir` (or reuse the cached result). Returns (vmfb path, seconds, cache hit)."""
-    key = digest(mlir.read_bytes(), *flags, compiler_version())
+    key = digest(mlir.read_bytes(), *flags, compiler_identity())
     vmfb = cache_dir("vmfb") / f"{key}.vmfb"
     if vmfb.exists():
         return vmfb, 0.0, True

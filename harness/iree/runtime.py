@@ -9,6 +9,7 @@ import iree.runtime as rt
 import numpy as np
 import torch
 
+from harness.common.cache import cache_dir, digest
 from harness.common.errors import HarnessError, StageFailure
 from harness.iree.compiler import tool
 
@@ -71,10 +72,8 @@ class CompiledModule:
         """`threads`: CPU workers, by default as many as eager torch uses (`--threads` sets both). `source`:
         the MLIR and iree-compile flags the module was compiled from, for tools that recompile it."""
         self.vmfb, self.irpa, self.device_uri, self.n_devices, self.source = vmfb, irpa, device_uri, n_devices, source
-        try:
-            self.devices = create_devices(device_uri, n_devices, threads or torch.get_num_threads())
-        except HarnessError as e:
-            raise StageFailure("run", str(e), self.reproducer("forward", [])) from e
+        # A device that cannot be created is bad input (--iree-device), not a failed run: HarnessError.
+        self.devices = create_devices(device_uri, n_devices, threads or torch.get_num_threads())
         try:
             instance = rt.VmInstance()
             index = rt.ParameterIndex()
@@ -88,18 +87,22 @@ class CompiledModule:
         except Exception as e:  # noqa: BLE001
             raise StageFailure("run", f"loading the module failed: {e}", self.reproducer("main", [])) from e
 
-    def __call__(self, function: str, *inputs: np.ndarray, input_dir: Path | None = None) -> list[np.ndarray]:
+    def __call__(self, function: str, *inputs: np.ndarray) -> list[np.ndarray]:
         try:
             invoker = rt.FunctionInvoker(self.context, self.devices[0], self.vm_module.lookup_function(function))
             out = invoker(*inputs)
         except Exception as e:  # noqa: BLE001
             raise StageFailure("run", f"calling {function} failed: {e}",
-                               self.reproducer(function, self._save_inputs(inputs, input_dir))) from e
+                               self.reproducer(function, self._save_inputs(function, inputs))) from e
         outputs = out if isinstance(out, (tuple, list)) else [out]
         return [o.to_host() if hasattr(o, "to_host") else np.asarray(o) for o in outputs]
 
-    def _save_inputs(self, inputs, input_dir: Path | None) -> list[Path]:
-        directory = input_dir or self.vmfb.parent
+    def _save_inputs(self, function: str, inputs) -> list[Path]:
+        """The failing call's inputs, in a directory of their own: named by the module, its parameters, the
+        function and the inputs' bytes, so no other configuration's failure overwrites them."""
+        directory = cache_dir("failures") / digest(self.vmfb.name, self.irpa.name, function,
+                                                   *(a.tobytes() for a in inputs))
+        directory.mkdir(exist_ok=True)
         paths = [directory / f"input{i}.npy" for i in range(len(inputs))]
         for path, array in zip(paths, inputs):
             np.save(path, array)

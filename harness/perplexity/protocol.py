@@ -124,14 +124,14 @@ def make_windows(text: Text, tokenizer: Tokenizer, scheme: str = "llamacpp", n_c
     if scheme not in SCHEMES:
         raise HarnessError(f"perplexity scheme {scheme!r} is unknown; known: {', '.join(SCHEMES)}")
     if max_windows is not None and max_windows < 1:
-        raise HarnessError(f"--windows {max_windows}: must be at least 1")
+        raise HarnessError(f"--windows / --ppl-windows {max_windows}: must be at least 1")
     stride = n_ctx if stride is None else stride
     limit = math.inf if max_windows is None else max_windows
     tokens = tokenizer.encode(text.text)
 
     if scheme == "llamacpp":
         if n_ctx < 3:
-            raise HarnessError(f"--n-ctx {n_ctx}: llama.cpp's protocol needs at least 3 to score a token")
+            raise HarnessError(f"--ppl-n-ctx {n_ctx}: llama.cpp's protocol needs at least 3 to score a token")
         if stride != n_ctx:
             raise HarnessError(f"--stride {stride}: llama.cpp's protocol uses disjoint chunks (stride = n_ctx)")
         bos_id = tokenizer.bos_id if tokenizer.add_bos else None

@@ -14,6 +14,7 @@ from harness.candidates import Forward
 from harness.candidates.exported import ExportedCandidate
 from harness.checks import Inputs
 from harness.common.dtypes import quantization
+from harness.common.errors import HarnessError
 from harness.common.host import machine
 from harness.data.dataset import BUNDLED_PATH
 from harness.numerics.tolerance import Policy, policy
@@ -38,6 +39,9 @@ class Case:
     def weights(self) -> LoadedWeights:
         weights = self.spec.load_weights()
         check_tp(weights.config, self.config.tp, self.config.model, quantization(self.config.dtype))
+        if self.config.seq_len > weights.config.max_seq_len:
+            raise HarnessError(f"--seq-len {self.config.seq_len}: {self.config.model} takes at most "
+                               f"{weights.config.max_seq_len} tokens")
         return weights
 
     @cached_property

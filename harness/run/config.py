@@ -8,6 +8,7 @@ import shlex
 import torch
 
 from harness.common.dtypes import torch_dtype
+from harness.common.errors import HarnessError
 from harness.iree.targets import Target
 
 
@@ -22,6 +23,8 @@ class RunConfig:
 
     def __post_init__(self):
         torch_dtype(self.dtype)  # an unknown --dtype is bad input, refused before any work
+        if self.seq_len < 1:
+            raise HarnessError(f"--seq-len {self.seq_len}: must be a positive number of tokens")
 
     @property
     def id(self) -> str:

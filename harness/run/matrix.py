@@ -11,16 +11,18 @@ from harness.reference.registry import DEFAULT_MODELS
 from harness.run.config import RunConfig
 
 DEFAULT_DTYPES = ("fp32", "fp16", "bf16")
-# The matrix when --model, --dtype and --tp are all left out (the quick tier; --nightly runs every check
-# of it). Entries: (model, dtypes, TP sizes, the checks run, None for all). Tensor parallelism on fp32:
-# TP 2 and 8 on the toy whose 16 / 8 heads allow 8, every check; TP 3 on SmolLM2 (9 / 3 heads allow
-# 1, 3, 9) end to end, because its sharded layer and 512-token programs cost ~4 min of export and compile
-# on 2 cores. SmolLM2 bf16 runs end to end only: its layer check costs 3 min (IREE's bf16 matmuls run at
-# ~1 GFLOP/s on CPUs without bf16 units), and the toy covers bf16 layer by layer. Options given alone
-# cross with the defaults of the others.
+# The matrix when --model, --dtype and --tp are all left out: the quick tier runs each entry's checks, the
+# nightly tier (--nightly) every check of every entry, so its matrix is the quick one with SmolLM2 TP 3 and
+# toy-tp8 TP 8 layer by layer and in perplexity too. Entries: (model, dtypes, TP sizes, the checks run in
+# the quick tier, None for all). Tensor parallelism on fp32: TP 2 and 8 on the toy whose 16 / 8 heads allow
+# 8, every check; TP 3 on SmolLM2 (9 / 3 heads allow 1, 3, 9) end to end, because its sharded layer and
+# 512-token programs cost ~4 min of export and compile on 2 cores. SmolLM2 bf16 runs end to end (and
+# perplexity, which --ppl-dtypes bf16 turns on): its layer check costs 3 min where IREE's bf16 matmuls run at
+# ~1 GFLOP/s (CPUs without bf16 units), and the toy covers bf16 layer by layer. Options given alone cross with
+# the defaults of the others.
 DEFAULT_MATRIX = (
     ("toy-tp8", DEFAULT_DTYPES, (1,), None), ("toy-tp8", ("fp32",), (2, 8), None),
-    ("smollm2-135m", ("fp32", "fp16"), (1,), None), ("smollm2-135m", ("bf16",), (1,), ("end_to_end",)),
+    ("smollm2-135m", ("fp32", "fp16"), (1,), None), ("smollm2-135m", ("bf16",), (1,), ("end_to_end", "perplexity")),
     ("smollm2-135m", ("fp32",), (3,), ("end_to_end",)),
 )
 

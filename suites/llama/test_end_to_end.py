@@ -3,14 +3,10 @@ against an fp64 oracle by the tolerance policy (harness/numerics/tolerance.py); 
 against the compiled TP 1 model."""
 
 from harness.checks import end_to_end
-from harness.common.errors import StageFailure
 
 
 def test_end_to_end(case, write_record, conclude):
-    try:
-        rec = case.run(end_to_end.check, baseline=case.tp1())
-    except StageFailure as e:
-        conclude.stage_failed(e)
+    rec = conclude.attempt(lambda: case.run(end_to_end.check, baseline=case.tp1()))
     write_record(rec)
     verdicts = {"compiled logits": rec["verdict"], "compiled logits vs TP 1": rec["verdict_vs_tp1"]}
     conclude([("numerics", f"{what}: {v['reason']}") for what, v in verdicts.items() if v and not v["passed"]])

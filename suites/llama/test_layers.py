@@ -3,15 +3,11 @@ propagated, judged by the same tolerance policy as the end-to-end check. With --
 failing configuration is bisected to its first diverging layer and sub-block."""
 
 from harness.checks import bisect, layers
-from harness.common.errors import StageFailure
 from harness.reporting import plots
 
 
 def test_layers(case, write_record, run_dir, request, conclude):
-    try:
-        rec = case.run(layers.compare)
-    except StageFailure as e:
-        conclude.stage_failed(e)
+    rec = conclude.attempt(lambda: case.run(layers.compare))
     rec["plot"] = plots.layer_errors(rec, run_dir / f"layers-{case.config.id}.png").name
     write_record(rec)
     if rec["passed"]:

@@ -7,7 +7,6 @@ import sys
 import pytest
 
 from harness.checks import perplexity
-from harness.common.errors import StageFailure
 
 
 def test_perplexity(case, write_record, pytestconfig, golden_dir, conclude):
@@ -20,13 +19,14 @@ def test_perplexity(case, write_record, pytestconfig, golden_dir, conclude):
     if reason:  # in the report, not only in pytest's output
         write_record({"kind": "skipped", "config": config.id, "check": "perplexity", "reason": reason})
         pytest.skip(reason)
-    windows = perplexity.windows(case.reference, None if nightly else opt("ppl_windows"), opt("ppl_n_ctx"),
-                                 opt("ppl_scheme"), opt("dataset"), opt("text_form"))
-    try:
-        rec = case.run(perplexity.evaluate, inputs=windows, golden_dir=golden_dir,
-                       update_golden=opt("update_golden"), command=shlex.join(["pytest", *sys.argv[1:]]))
-    except StageFailure as e:
-        conclude.stage_failed(e)
+
+    def check():
+        windows = perplexity.windows(case.reference, None if nightly else opt("ppl_windows"), opt("ppl_n_ctx"),
+                                     opt("ppl_scheme"), opt("dataset"), opt("text_form"))
+        return case.run(perplexity.evaluate, inputs=windows, golden_dir=golden_dir,
+                        update_golden=opt("update_golden"), command=shlex.join(["pytest", *sys.argv[1:]]))
+
+    rec = conclude.attempt(check)
     write_record(rec)
     print(rec["summary"])
     conclude([("perplexity", g["message"]) for g in rec["gates"] if g["verdict"] != "pass"])
