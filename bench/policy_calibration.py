@@ -3,7 +3,8 @@ error the compiled model carries than eager in the same dtype, both against the 
 part of the layer check (embedding, each decoder layer, head; isolated and propagated) and the end-to-end
 logits, per model, dtype, sequence length and input seed, it records each measure's ratio at multiple 1:
 error(compiled) / (error(eager) + 1 ulp floor) for RMSE and max abs, and the same at the worst output
-channel and the worst position (tolerance.structured). A multiple must sit above the largest clean ratio
+channel and the worst position (tolerance.structured); for every sub-block of every isolated decoder layer
+too (mode "sub-block"), which fp16 / bf16 layer checks judge on the structured measures. A multiple must sit above the largest clean ratio
 with a margin; harness/numerics/tolerance.py and the README carry the table this prints.
 
     .venv/bin/python bench/policy_calibration.py [--models toy-tp8,smollm2-135m] [--dtypes fp32,fp16,bf16]
@@ -13,6 +14,7 @@ with a margin; harness/numerics/tolerance.py and the README carry the table this
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import warnings
 
@@ -42,7 +44,10 @@ def main() -> None:
     from harness.run.config import RunConfig
 
     class AtMultipleOne:
-        """A policy that judges every measure at multiple 1: its ratios are the multiples needed."""
+        """A policy that judges every measure at multiple 1: its ratios are the multiples needed. (Its
+        layers' verdicts are their outputs'; the sub-blocks are recorded apart, mode "sub-block".)"""
+
+        structured = ()
 
         def __init__(self, dtype: torch.dtype):
             self.dtype = dtype
@@ -69,6 +74,8 @@ def main() -> None:
                     x = inputs(case, seq_len, seed)
                     check = LayerCheck(case.candidate, case.reference, x, policy)
                     parts = [check.isolated(i) for i in range(-1, check.n_layers + 1)] + check.propagated()
+                    parts += [dataclasses.replace(s, name=f"layer_{i}/{s.name}", mode="sub-block")
+                              for i in range(check.n_layers) for s in check.sub_blocks(i)]
                     tokens = x.tokens
                     e2e = policy.judge(forward.logits(tokens), case.reference.eager.logits(tokens),
                                        case.reference.oracle.logits(tokens))
@@ -86,7 +93,7 @@ def main() -> None:
     table = []
     for dtype in args.dtypes.split(","):
         for model in args.models.split(","):
-            for mode in ("isolated", "propagated", "end_to_end"):
+            for mode in ("isolated", "sub-block", "propagated", "end_to_end"):
                 sel = [r for r in rows if r[0] == model and r[1] == dtype and r[4] == mode]
                 if not sel:
                     continue

@@ -4,7 +4,6 @@ per-token noise; each synthetic run goes through the same window-clustered SE as
 
 import json
 import math
-from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from harness.numerics.tolerance import perplexity_budget
 from harness.perplexity import gate
 from harness.perplexity.gate import ALPHA, golden_gate, make_golden, paired_gate, read_golden, write_golden
 from harness.perplexity.protocol import Protocol
-from harness.perplexity.stats import engine_stats, mean_se, window_se
+from harness.perplexity.stats import Stats, engine_stats, mean_se, window_se
 
 BUDGET = 1e-3
 K, N = 32, 50  # windows per run, scored tokens per window
@@ -111,86 +110,92 @@ def test_budgets_by_dtype():
 
 # golden ---------------------------------------------------------------------------------------------
 
-NLL_SD, NLL_WINDOW_SD, RTOL = 2.5, 0.3, 5e-4
+NLL_SD, NLL_WINDOW_SD, RTOL, FILE_WINDOWS = 2.5, 0.3, 5e-4, 200
 
 
 def protocol(n_windows, n_ctx=512):
     """The first n_windows of 200 windows that score 255 tokens each."""
     return Protocol(dataset="synthetic", dataset_sha256="cd" * 32, text_form="raw", text_sha256="ef" * 32,
                     tokenizer="fake", tokenizer_fingerprint="ab" * 32, scheme="llamacpp", bos="none", n_ctx=n_ctx,
-                    stride=n_ctx, scored="255 a window", text_tokens=512 * 200, total_windows=200,
+                    stride=n_ctx, scored="255 a window", text_tokens=512 * FILE_WINDOWS, total_windows=FILE_WINDOWS,
                     n_windows=n_windows, n_tokens=255 * n_windows)
 
 
-def nll_stream(rng, n_windows, per_window=255):
+def nll_stream(rng, n_windows=FILE_WINDOWS, per_window=255):
     return (3.0 + NLL_WINDOW_SD * rng.normal(size=(n_windows, 1))
             + NLL_SD * rng.normal(size=(n_windows, per_window))).ravel()
 
 
-def golden_from(nll, n_windows):
-    return make_golden(engine_stats("eager", nll, [255] * n_windows), protocol(n_windows), "m" * 64, "cmd")
+def stats_of(nll, n_windows, names=("eager", "iree")):
+    return Stats(255 * n_windows, n_windows, tuple(engine_stats(n, nll, [255] * n_windows) for n in names), None,
+                 (255,) * n_windows)
 
 
-def check(nll, n_windows, golden, z=gate.GOLDEN_Z, rtol=RTOL):
-    return golden_gate(engine_stats("iree", nll, [255] * n_windows), protocol(n_windows), golden, "m" * 64, rtol, z)
+def golden_from(nll, names=("eager", "iree")):
+    return make_golden(stats_of(nll, FILE_WINDOWS, names), protocol(FILE_WINDOWS), "m" * 64, "cmd", "checked")
 
 
-def test_golden_on_the_same_windows_is_a_relative_tolerance():
-    nll = nll_stream(np.random.default_rng(6), 40)
-    golden = golden_from(nll, 40)
-    assert check(nll + math.log(1 + 0.5 * RTOL), 40, golden).verdict == "pass"
-    r = check(nll + math.log(1 + 3 * RTOL), 40, golden)
-    assert r.verdict == "fail" and r.details["ln_ratio_se"] == 0 and "\n" not in r.message
+def check(nll, n_windows, golden, rtol=RTOL):
+    stats = stats_of(nll, n_windows, ("iree",))
+    return golden_gate(stats.engines[0], stats, protocol(n_windows), golden, "m" * 64, rtol)
 
 
-def test_golden_noise_from_a_single_window_is_unknown():
-    nll = nll_stream(np.random.default_rng(10), 10)
-    golden = golden_from(nll, 10)
-    assert check(nll[:255], 1, golden).verdict == "underpowered"
-    assert check(nll[:255], 1, golden_from(nll[:255], 1)).verdict == "pass"  # the same single window
-    assert check(nll + math.nan, 10, golden).verdict == "fail"
+@pytest.mark.parametrize("k", [QUICK_WINDOWS, 16, FILE_WINDOWS])
+def test_any_prefix_is_gated_against_the_same_windows(k):
+    """A golden keeps every window: a run of the first k (the quick tier's 8, 16, the whole file) meets the
+    golden's PPL over exactly those, so only numerics separate them; a shift beyond the floor fails."""
+    nll = nll_stream(np.random.default_rng(6))
+    golden = golden_from(nll)
+    prefix = nll[:255 * k]
+    same = check(prefix, k, golden)
+    assert same.verdict == "pass" and same.details["diff"] == pytest.approx(0, abs=1e-9)
+    assert check(prefix + math.log(1 + 0.5 * RTOL), k, golden).verdict == "pass"
+    r = check(prefix + math.log(1 + 3 * RTOL), k, golden)
+    assert r.verdict == "fail" and "\n" not in r.message and f"same {k} windows" in r.message
+    assert check(prefix + math.nan, k, golden).verdict == "fail"
 
 
-def test_golden_on_a_subset_passes_clean_runs_at_the_nominal_rate():
-    """Run = first K windows of the golden's M: the difference is pure sampling; at z = 1.645 (two-sided
-    10 %) and no floor, clean runs fail about 10 % of the time. The same runs with a planted regression
-    well beyond that noise (+25 % PPL: a 32-window subset of varied text is that coarse) fail nearly always."""
-    rng = np.random.default_rng(7)
-    z, runs, k, m = NormalDist().inv_cdf(0.95), 1000, 32, 128
-    clean = planted = 0
-    for _ in range(runs):
-        nll = nll_stream(rng, m)
-        golden = golden_from(nll, m)
-        run = nll[:k * 255]
-        clean += check(run, k, golden, z=z, rtol=0).verdict == "fail"
-        planted += check(run + math.log(1.25), k, golden, z=z, rtol=RTOL).verdict == "fail"
-    assert abs(clean / runs - 0.10) < 0.035, clean
-    assert planted / runs > 0.97
+def test_a_golden_covers_the_whole_file_and_every_engine():
+    nll = nll_stream(np.random.default_rng(7))
+    with pytest.raises(HarnessError, match=r"scored 8 of 200 \(score them all"):
+        make_golden(stats_of(nll[:255 * 8], 8), protocol(8), "m" * 64, "cmd", "checked")
+    eager_only = golden_from(nll, names=("eager",))
+    assert check(nll[:255 * 8], 8, eager_only).verdict == "ungated"
+
+
+def test_no_golden_fails_the_nightly_and_is_ungated_in_the_quick_tier(tmp_path):
+    path = tmp_path / "x.json"
+    assert gate.no_golden(path, True, "python -m harness perplexity ... --update-golden").verdict == "fail"
+    quick = gate.no_golden(path, False, "python -m harness perplexity ... --update-golden")
+    assert quick.verdict == "ungated" and "--update-golden" in quick.message and not quick.passed
 
 
 def test_golden_files_round_trip_and_are_written_only_when_asked(tmp_path):
-    golden = golden_from(nll_stream(np.random.default_rng(8), 10), 10)
-    assert (golden.command, golden.model_sha256, golden.n_tokens) == ("cmd", "m" * 64, 2550)
-    assert {"python", "torch"} <= set(golden.versions) and golden.date
+    golden = golden_from(nll_stream(np.random.default_rng(8)))
+    assert (golden.command, golden.model_sha256, len(golden.window_tokens)) == ("cmd", "m" * 64, FILE_WINDOWS)
+    assert {"python", "torch"} <= set(golden.versions) and golden.date and golden.checked == "checked"
     path = gate.golden_path(tmp_path, "toy", "fp32", golden.protocol)
-    assert path == tmp_path / "toy.fp32.synthetic-raw.llamacpp.c512.w10.json"
+    assert path == tmp_path / "toy.fp32.synthetic-raw.llamacpp.c512.json"
     with pytest.raises(HarnessError, match="update"):
         write_golden(path, golden)
     assert not path.exists()
     write_golden(path, golden, update=True)
     assert read_golden(path) == golden
-    assert json.loads(path.read_text())["value"] == golden.value
+    assert len(json.loads(path.read_text())["engines"]["iree"]) == FILE_WINDOWS
 
 
 def test_golden_problems_are_one_line_errors(tmp_path):
-    golden = golden_from(nll_stream(np.random.default_rng(9), 10), 10)
-    stats = engine_stats("iree", nll_stream(np.random.default_rng(9), 10), [255] * 10)
+    nll = nll_stream(np.random.default_rng(9))
+    golden = golden_from(nll)
+    stats = stats_of(nll[:2550], 10, ("iree",))
+    other_windows = Stats(stats.n_tokens, 10, stats.engines, None, (254,) * 10)
     (tmp_path / "bad.json").write_text("{}")
     cases = [
         (lambda: read_golden(tmp_path / "missing.json"), "no golden"),
         (lambda: read_golden(tmp_path / "bad.json"), "not a golden"),
-        (lambda: golden_gate(stats, protocol(10, n_ctx=256), golden, "m" * 64, RTOL), "n_ctx"),
-        (lambda: golden_gate(stats, protocol(10), golden, "x" * 64, RTOL), "sha256"),
+        (lambda: golden_gate(stats.engines[0], stats, protocol(10, n_ctx=256), golden, "m" * 64, RTOL), "n_ctx"),
+        (lambda: golden_gate(stats.engines[0], stats, protocol(10), golden, "x" * 64, RTOL), "sha256"),
+        (lambda: golden_gate(stats.engines[0], other_windows, protocol(10), golden, "m" * 64, RTOL), "other tokens"),
     ]
     for call, message in cases:
         with pytest.raises(HarnessError, match=message) as e:

@@ -136,7 +136,7 @@ def test_protocol_is_frozen_serializable_and_keyed():
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.n_ctx = 256
     assert Protocol.from_dict(json.loads(json.dumps(p.to_dict()))) == p
-    assert p.key() == "synthetic-raw.llamacpp.c512.w4"
+    assert p.stream_key() == "synthetic-raw.llamacpp.c512"
     assert p.stream_mismatch(windows(list(range(10_000)), max_windows=9).protocol) == []
     assert p.stream_mismatch(windows(list(range(10_000)), n_ctx=256).protocol) == ["n_ctx: 512 vs 256",
                                                                                   "stride: 512 vs 256"]

@@ -2,7 +2,7 @@
 
 import torch
 
-from harness.numerics.tolerance import MULTIPLE, judge
+from harness.numerics.tolerance import MULTIPLES, judge
 
 DTYPE = torch.float16
 
@@ -18,11 +18,11 @@ def _case(eager_noise: float, result_noise: float):
 def test_as_good_as_eager_passes():
     verdict = judge(*_case(eager_noise=1e-2, result_noise=1e-2), DTYPE)
     assert verdict.passed, verdict.reason
-    assert 0.2 < verdict.ratio < 0.6  # ~1/MULTIPLE of the budget
+    assert 0.2 < verdict.ratio < 0.6  # ~1/MULTIPLES[...]["rmse"] of the budget
 
 
 def test_several_times_worse_than_eager_fails():
-    verdict = judge(*_case(eager_noise=1e-2, result_noise=1e-2 * MULTIPLE[DTYPE] * 1.5), DTYPE)
+    verdict = judge(*_case(eager_noise=1e-2, result_noise=1e-2 * MULTIPLES[DTYPE]["rmse"] * 1.5), DTYPE)
     assert not verdict.passed
     assert verdict.ratio > 1
     assert "budget" in verdict.reason

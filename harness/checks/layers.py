@@ -29,7 +29,8 @@ class Part:
 
     def row(self) -> dict:
         v = self.verdict
-        return {"part": self.name, "mode": self.mode, "passed": v.passed, "ratio": v.ratio,
+        return {"part": self.name, "mode": self.mode, "passed": v.passed, "ratio": v.ratio, "measure": v.measure,
+                "sub_block": v.sub_block, "reason": v.reason,
                 "rmse": v.errors.get("rmse"), "rmse_budget": v.budgets.get("rmse"),
                 "max_abs": v.errors.get("max_abs"), "max_abs_budget": v.budgets.get("max_abs")}
 
@@ -60,8 +61,15 @@ class LayerCheck:
             return Part("head", "isolated", self._judge(self.compiled.head(h), self.eager_logits,
                                                         self.oracle.head(h.double())))
         h = self.chain[i]
-        return Part(f"layer_{i}", "isolated", self._judge(self.compiled.layer(i, h)[0], self.chain[i + 1],
-                                                          self.oracle.layer(i, h.double())[0]))
+        (c, c_taps), (o, o_taps) = self.compiled.layer(i, h), self.oracle.layer(i, h.double())
+        verdict = self._judge(c, self.chain[i + 1], o)
+        if self.policy.structured:  # every sub-block's output too, where the error lives (Policy.structured)
+            e_taps = self.eager.layer(i, h)[1]
+            for name in SUB_BLOCKS:
+                tap = self.policy.judge_structured(c_taps[name], e_taps[name], o_taps[name])
+                if tap.ratio > verdict.ratio:
+                    verdict = dataclasses.replace(tap, sub_block=name, reason=f"{name}: {tap.reason}")
+        return Part(f"layer_{i}", "isolated", verdict)
 
     def propagated(self) -> list[Part]:
         c, o = self.compiled.embed(self.tokens), self.oracle.embed(self.tokens)

@@ -27,13 +27,18 @@ from harness.common.dtypes import QUANTIZED, W8A8, eps, torch_dtype
 from harness.common.errors import HarnessError
 from harness.numerics import metrics
 
-MULTIPLE: dict[torch.dtype, float] = {torch.float32: 16.0, torch.float16: 3.0, torch.bfloat16: 3.0}
-# The structured measures' multiples (per output channel, per position), and which dtypes judge them.
-STRUCTURED_MULTIPLE: dict[torch.dtype, float] = {torch.float32: 16.0, torch.float16: 3.0, torch.bfloat16: 3.0}
+# Each measure's multiple per dtype (the docstring's table says where each comes from). fp32 records its
+# structured measures without judging them (MEASURES): accumulation order scatters its errors.
+MULTIPLES: dict[torch.dtype, dict[str, float]] = {
+    torch.float32: {"rmse": 16.0, "max_abs": 21.0, "channel": 32.0, "position": 40.0},
+    torch.float16: {"rmse": 3.0, "max_abs": 3.0, "channel": 8.0, "position": 8.0},
+    torch.bfloat16: {"rmse": 3.0, "max_abs": 3.0, "channel": 8.0, "position": 8.0},
+}
 MEASURES: dict[torch.dtype, tuple[str, ...]] = {
     torch.float32: ("rmse", "max_abs"), torch.float16: ("rmse", "max_abs", "channel", "position"),
     torch.bfloat16: ("rmse", "max_abs", "channel", "position")}
 FLOOR_ULPS = 1.0
+STRUCTURED = ("channel", "position")
 
 
 @dataclasses.dataclass
@@ -46,13 +51,15 @@ class Verdict:
     budgets: dict[str, float]
     reference_errors: dict[str, float] = dataclasses.field(default_factory=dict)  # eager's, where the budget is
     where: dict[str, int] = dataclasses.field(default_factory=dict)  # structured: the worst channel / position
+    measure: str = ""  # the measure that decided (the worst ratio)
+    sub_block: str = ""  # for a decoder layer judged with its sub-blocks: the one that decided, if not the output
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def budget(eager_error: float, scale: float, dtype: torch.dtype, multiple: float | None = None) -> float:
-    return (MULTIPLE[dtype] if multiple is None else multiple) * eager_error + FLOOR_ULPS * eps(dtype) * scale
+def budget(eager_error: float, scale: float, dtype: torch.dtype, multiple: float) -> float:
+    return multiple * eager_error + FLOOR_ULPS * eps(dtype) * scale
 
 
 def _rms(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -60,7 +67,7 @@ def _rms(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def structured(result: torch.Tensor, eager: torch.Tensor, oracle: torch.Tensor, dtype: torch.dtype,
-               multiple: float) -> dict[str, tuple[float, float, float, int]]:
+               multiples: dict[str, float]) -> dict[str, tuple[float, float, float, int]]:
     """The error where it lives: for each output channel (the last dimension; RMS over every position) and
     each position (RMS over the channels), the result's error against the oracle over its budget there,
     `multiple` x eager's error there + 1 ulp of the oracle's RMS there. Rounding noise spreads over every
@@ -72,7 +79,7 @@ def structured(result: torch.Tensor, eager: torch.Tensor, oracle: torch.Tensor, 
     out = {}
     for name, dim in (("channel", 0), ("position", 1)):
         e_r, e_e = _rms(d_r, dim), _rms(d_e, dim)
-        budgets = multiple * e_e + FLOOR_ULPS * eps(dtype) * _rms(o, dim)
+        budgets = multiples[name] * e_e + FLOOR_ULPS * eps(dtype) * _rms(o, dim)
         i = int((e_r / budgets).argmax())
         out[name] = (float(e_r[i]), float(budgets[i]), float(e_e[i]), i)
     return out
@@ -92,23 +99,23 @@ def judge(result: torch.Tensor, eager: torch.Tensor, oracle: torch.Tensor, dtype
     if not metrics.all_finite(eager):
         return Verdict(False, f"the {reference} reference itself has NaN/Inf", float("inf"), {}, {})
     measures = MEASURES[dtype] if measures is None else measures
+    multiples = MULTIPLES[dtype] if multiple is None else dict.fromkeys(MULTIPLES[dtype], multiple)
     errors = {"rmse": metrics.rmse(result, oracle), "max_abs": metrics.max_abs(result, oracle)}
     reference_errors = {"rmse": metrics.rmse(eager, oracle), "max_abs": metrics.max_abs(eager, oracle)}
-    budgets = {"rmse": budget(reference_errors["rmse"], metrics.rms(oracle), dtype, multiple),
-               "max_abs": budget(reference_errors["max_abs"], float(oracle.abs().max()), dtype, multiple)}
+    budgets = {"rmse": budget(reference_errors["rmse"], metrics.rms(oracle), dtype, multiples["rmse"]),
+               "max_abs": budget(reference_errors["max_abs"], float(oracle.abs().max()), dtype, multiples["max_abs"])}
     where = {}
-    for name, (error, bound, ref_error, index) in structured(
-            result, eager, oracle, dtype, STRUCTURED_MULTIPLE[dtype] if multiple is None else multiple).items():
+    for name, (error, bound, ref_error, index) in structured(result, eager, oracle, dtype, multiples).items():
         errors[name], budgets[name], reference_errors[name], where[name] = error, bound, ref_error, index
     ratios = {k: errors[k] / budgets[k] for k in measures}
     worst = max(ratios, key=ratios.get)
     passed = ratios[worst] <= 1.0
     at = f" at {worst} {where[worst]}" if worst in where else ""
-    used = (STRUCTURED_MULTIPLE if worst in where else MULTIPLE)[dtype] if multiple is None else multiple
+    used = multiples[worst]
     reason = (f"{worst if worst not in where else 'rmse'}{at} vs {oracle_name} {errors[worst]:.3g} "
               f"{'<=' if passed else '>'} budget {budgets[worst]:.3g} ({used:g} x {reference} "
               f"{str(dtype).removeprefix('torch.')} error + {FLOOR_ULPS:g} ulp floor)")
-    return Verdict(passed, reason, ratios[worst], errors, budgets, reference_errors, where)
+    return Verdict(passed, reason, ratios[worst], errors, budgets, reference_errors, where, worst)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +165,17 @@ class Policy:
             return judge(result, eager, oracle, self.torch_dtype, reference, oracle_name, multiple=1.0,
                          measures=("rmse",))
         return judge(result, eager, oracle, self.torch_dtype, reference, oracle_name)
+
+    @property
+    def structured(self) -> tuple[str, ...]:
+        """The structured measures this dtype judges (tolerance.MEASURES), which also judge every sub-block of
+        an isolated decoder layer: a miscompiled row of one projection drowns in the residual stream at the
+        layer's output (SmolLM2 bf16, layer 15, down_proj row x1.25: 0.5 of the channel budget there, 12x it
+        at down_proj's own output)."""
+        return () if self.noisy_reference else tuple(m for m in MEASURES[self.torch_dtype] if m in STRUCTURED)
+
+    def judge_structured(self, result: torch.Tensor, eager: torch.Tensor, oracle: torch.Tensor) -> Verdict:
+        return judge(result, eager, oracle, self.torch_dtype, measures=self.structured)
 
 
 def policy(dtype: str) -> Policy:

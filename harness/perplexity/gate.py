@@ -31,24 +31,24 @@ below any change in quality; fp16 and bf16 carry 11 and 8 significant bits, and 
 their rounding: 1e-3 and 4e-3. For scale: 4-bit quantization (llama.cpp's q4_K_M) moves LLaMA-3-8B's
 ln PPL by 0.027; a compiled-vs-eager difference within one dtype should be far below that.
 
-Golden gate: one engine's PPL against a stored golden value
------------------------------------------------------------
+Golden gate: each engine's PPL against its golden on the same windows
+--------------------------------------------------------------------
+- A golden keeps each engine's NLL sum of every window of the whole file (per-window results, written
+  only from a whole-file run), so a run of any prefix of the windows (the quick tier's 8, 16, the nightly's
+  all) is compared with the golden's PPL over exactly the same windows: no sampling noise between them,
+  only numerics. The first golden kept one PPL for one window count, so any other count went ungated.
 - Only a golden from the same model file (sha256) and the same window sequence (text, form, tokenizer,
   scheme, BOS, n_ctx, stride: `Protocol.STREAM_FIELDS`) is comparable; anything else is an error, not a
-  verdict. The number of windows may differ.
-- Run and golden then score prefixes of one window sequence: the windows both scored add the same
-  sampling noise to both and cancel; only the windows the larger one scored beyond the smaller one's do not.
-  For prefixes of N_small and N_large tokens the difference of the mean NLLs has the SE
-  se_small * sqrt(1 - N_small / N_large), with se_small the smaller one's window-clustered SE: 0 on
-  identical windows (leaving only numerics), and well below sqrt(se_run^2 + se_golden^2), the formula for
-  independent samples, which would let much larger regressions through.
-- Fail when |ln(PPL / golden)| exceeds GOLDEN_Z * that SE (so sampling cannot explain it) AND |PPL - golden|
-  exceeds `PERPLEXITY_BUDGETS[dtype].golden_rtol` * golden (so it matters). The floor is 5 paired budgets: the golden
-  may come from the other engine (up to one budget apart), from another machine, thread count or library
-  version (reductions reordered), and the nightly should fail on drift, not on such differences.
-  A non-finite PPL fails; a subset of a single window has no SE and is "underpowered".
+  verdict.
+- Fail when |PPL - golden| exceeds `PERPLEXITY_BUDGETS[dtype].golden_rtol` * golden (5 paired budgets: the
+  golden may come from another machine, thread count or library version, reductions reordered, and the
+  nightly should fail on drift, not on such differences). A non-finite PPL fails.
+- No golden: the nightly fails ("no golden ...: run ... --update-golden"), the quick tier says "ungated",
+  as does an engine the golden has no results of. A run that writes the golden is not gated against it;
+  an eager fp32 golden is written only after the independent check against Hugging Face transformers
+  (checks/perplexity.py) agrees.
 
-Golden files: golden/<model>.<dtype>.<protocol key>.json, written only when asked (`update=True`).
+Golden files: golden/<model>.<dtype>.<protocol stream key>.json, written only when asked (`update=True`).
 """
 
 from __future__ import annotations
@@ -70,7 +70,6 @@ ALPHA = 0.01
 POWER = 0.90
 DETECT_FACTOR = 2.0
 MIN_WINDOWS = 6
-GOLDEN_Z = 3.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,33 +136,43 @@ def check_pair(stats: Stats, dtype: str) -> GateResult:
 
 @dataclasses.dataclass(frozen=True)
 class Golden:
-    value: float  # PPL
-    se: float  # token SE (llama.cpp's), for people
-    window_se: float  # window-clustered SE, for the gate
-    n_tokens: int
-    protocol: Protocol
+    """Each engine's per-window NLL sums over the whole file, so that a run of any prefix of the windows is
+    gated against exactly the same windows (no sampling noise between them: only numerics)."""
+
+    protocol: Protocol  # the whole file's
     model_sha256: str
+    window_tokens: tuple[int, ...]
+    engines: dict[str, tuple[float, ...]]  # engine name -> per-window NLL sums
+    checked: str  # the independent check its reference engine passed when written, or why there is none
     command: str  # the exact command that produced it
     date: str
     versions: dict[str, str]
+
+    def ppl(self, engine: str, n_windows: int) -> float:
+        return math.exp(sum(self.engines[engine][:n_windows]) / sum(self.window_tokens[:n_windows]))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Golden":
-        return cls(**{**d, "protocol": Protocol.from_dict(d["protocol"])})
+        return cls(**{**d, "protocol": Protocol.from_dict(d["protocol"]), "window_tokens": tuple(d["window_tokens"]),
+                      "engines": {k: tuple(v) for k, v in d["engines"].items()}})
 
 
-def make_golden(engine: EngineStats, protocol: Protocol, model_sha256: str, command: str) -> Golden:
-    return Golden(value=engine.ppl.value, se=engine.ppl.se, window_se=engine.ppl.value * engine.nll_window_se,
-                  n_tokens=protocol.n_tokens, protocol=protocol, model_sha256=model_sha256, command=command,
-                  date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                  versions=versions())
+def make_golden(stats: Stats, protocol: Protocol, model_sha256: str, command: str, checked: str) -> Golden:
+    """The golden of a whole-file run (HarnessError for a subset: later runs of more windows could not be
+    gated against it)."""
+    if protocol.n_windows != protocol.total_windows:
+        raise HarnessError(f"--update-golden: a golden keeps every window of the file, and this run scored "
+                           f"{protocol.n_windows} of {protocol.total_windows} (score them all: --all, or --nightly)")
+    return Golden(protocol=protocol, model_sha256=model_sha256, window_tokens=stats.window_tokens,
+                  engines={e.name: e.window_nll for e in stats.engines}, checked=checked, command=command,
+                  date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), versions=versions())
 
 
 def golden_path(root: Path, model: str, dtype: str, protocol: Protocol) -> Path:
-    return root / f"{model}.{dtype}.{protocol.key()}.json"
+    return root / f"{model}.{dtype}.{protocol.stream_key()}.json"
 
 
 def read_golden(path: Path) -> Golden:
@@ -179,29 +188,36 @@ def write_golden(path: Path, golden: Golden, update: bool = False) -> None:
     if not update:
         raise HarnessError(f"{path}: golden files are written only when asked (update=True, --update-golden)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(golden.to_dict(), indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(golden.to_dict(), indent=1, sort_keys=True) + "\n")
 
 
-def golden_gate(engine: EngineStats, protocol: Protocol, golden: Golden, model_sha256: str, rtol: float,
-                z: float = GOLDEN_Z) -> GateResult:
+def no_golden(path: Path, required: bool, update_command: str) -> GateResult:
+    """The verdict of a configuration without a golden: a failure where one is required (the nightly), else
+    a visible "ungated" (the quick tier)."""
+    message = f"no golden {path.name}: run `{update_command}`"
+    return GateResult("golden", "fail" if required else "ungated", message, {"path": str(path)})
+
+
+def golden_gate(engine: EngineStats, stats: Stats, protocol: Protocol, golden: Golden, model_sha256: str,
+                rtol: float) -> GateResult:
+    """`engine`'s PPL over the run's windows against the golden's over the same windows: fail beyond `rtol`."""
     mismatch = protocol.stream_mismatch(golden.protocol)
     if mismatch:
         raise HarnessError(f"golden ({golden.command}) is not comparable: {'; '.join(mismatch)}")
     if model_sha256 != golden.model_sha256:
         raise HarnessError(f"golden is for model sha256 {golden.model_sha256}, this run's is {model_sha256}")
-    ppl = engine.ppl.value
-    diff = ppl - golden.value
-    # In ln PPL (mean NLL) units, where the SEs live; the golden keeps its window SE in PPL units.
-    runs = sorted([(protocol.n_tokens, engine.nll_window_se), (golden.n_tokens, golden.window_se / golden.value)])
-    (n_small, se_small), (n_large, _) = runs
-    se = 0.0 if n_small == n_large else se_small * math.sqrt(1 - n_small / n_large)
-    details = dict(ppl=ppl, golden=golden.value, diff=diff, ln_ratio_se=se, z=z, rtol=rtol,
-                   n_tokens=protocol.n_tokens, golden_n_tokens=golden.n_tokens)
-    summary = (f"PPL {ppl:.4f} vs golden {golden.value:.4f} ({protocol.n_tokens} vs {golden.n_tokens} tokens): "
-               f"{100 * diff / golden.value:+.3f}%, noise bound {100 * z * se:.3f}%, floor {100 * rtol:.3f}%")
-    if math.isfinite(ppl) and math.isnan(se):
-        return GateResult("golden", "underpowered", f"golden gate underpowered: {summary}: the smaller of the two "
-                          f"has fewer than 2 windows, so its sampling noise is unknown", details)
-    failed = not math.isfinite(ppl) or (abs(math.log(ppl / golden.value)) > z * se and abs(diff) > rtol * golden.value)
-    verdict = "fail" if failed else "pass"
+    k = stats.n_windows
+    if tuple(stats.window_tokens) != golden.window_tokens[:k]:
+        raise HarnessError(f"golden ({golden.command}) is not comparable: its first {k} windows score other tokens")
+    if engine.name not in golden.engines:
+        return GateResult("golden", "ungated", f"golden has no {engine.name} results ({golden.command})",
+                          {"engine": engine.name})
+    ppl, reference = engine.ppl.value, golden.ppl(engine.name, k)
+    diff = ppl - reference
+    worst = max(abs(a - b) / n for a, b, n in zip(engine.window_nll, golden.engines[engine.name], stats.window_tokens))
+    details = dict(engine=engine.name, ppl=ppl, golden=reference, diff=diff, rtol=rtol, n_windows=k,
+                   worst_window_dnll=worst)
+    summary = (f"{engine.name} PPL {ppl:.4f} vs golden {reference:.4f} on the same {k} windows: "
+               f"{100 * diff / reference:+.4f}% (floor {100 * rtol:.3f}%), worst window |dNLL| {worst:.2e}/token")
+    verdict = "fail" if not math.isfinite(ppl) or abs(diff) > rtol * reference else "pass"
     return GateResult("golden", verdict, f"golden gate {verdict}: {summary}", details)

@@ -89,11 +89,11 @@ class Protocol:
         return [f"{f}: {getattr(self, f)!r} vs {getattr(other, f)!r}"
                 for f in self.STREAM_FIELDS if getattr(self, f) != getattr(other, f)]
 
-    def key(self) -> str:
-        """A file-name-safe name for golden files: data, form, scheme, n_ctx, stride, windows."""
+    def stream_key(self) -> str:
+        """A file-name-safe name of the window sequence, for golden files: data, form, scheme, n_ctx, stride."""
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.dataset.rstrip("/").rsplit("/", 1)[-1])
         stride = "" if self.stride == self.n_ctx else f".s{self.stride}"
-        return f"{name}-{self.text_form}.{self.scheme}.c{self.n_ctx}{stride}.w{self.n_windows}"
+        return f"{name}-{self.text_form}.{self.scheme}.c{self.n_ctx}{stride}"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

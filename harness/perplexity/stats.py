@@ -64,12 +64,14 @@ class EngineStats:
     nll: Estimate  # token SE (llama.cpp's)
     nll_window_se: float
     ppl: Estimate  # exp(nll) +/- PPL * SE: the delta method
+    window_nll: tuple[float, ...] = ()  # each window's NLL sum, fp64: what goldens keep and gate on
 
 
 def engine_stats(name: str, nll: np.ndarray, window_sizes: Sequence[int]) -> EngineStats:
     mean = mean_se(nll)
     ppl = math.exp(mean.value)
-    return EngineStats(name, mean, window_se(nll, window_sizes), Estimate(ppl, ppl * mean.se))
+    sums = tuple(float(s) for s in np.add.reduceat(nll, np.cumsum([0, *window_sizes[:-1]])))
+    return EngineStats(name, mean, window_se(nll, window_sizes), Estimate(ppl, ppl * mean.se), sums)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +92,7 @@ class Stats:
     n_windows: int
     engines: tuple[EngineStats, ...]  # the reference (A) first
     pair: PairStats | None
+    window_tokens: tuple[int, ...] = ()  # scored tokens of each window
 
     def to_record(self) -> dict:
         return dataclasses.asdict(self)
@@ -196,7 +199,7 @@ class Accumulator:
         nlls = [np.concatenate(chunks) for chunks in self._nll]
         engines = tuple(engine_stats(name, nll, self._window_sizes) for name, nll in zip(self.names, nlls))
         pair = self._pair(*nlls, np.concatenate(self._kld)) if self.paired else None
-        return Stats(self.n_tokens, len(self._window_sizes), engines, pair)
+        return Stats(self.n_tokens, len(self._window_sizes), engines, pair, tuple(self._window_sizes))
 
     def _pair(self, nll_a: np.ndarray, nll_b: np.ndarray, kld: np.ndarray) -> PairStats:
         n = nll_a.size

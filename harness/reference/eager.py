@@ -126,11 +126,13 @@ class Reference:
 
     def __init__(self, name: str, weights: LoadedWeights, dtype: str, attention: str = "sdpa",
                  mode: str = "emulated", tokenizer: Callable[[], Tokenizer] | None = None,
-                 calibration_batches: Callable[[], list[torch.Tensor]] | None = None):
+                 calibration_batches: Callable[[], list[torch.Tensor]] | None = None,
+                 transformers: Callable[[], torch.nn.Module] | None = None):
         """`tokenizer`: loads it (None for a random toy); `calibration_batches`: token ids that calibrate a
-        W8A8 variant's activation scales."""
+        W8A8 variant's activation scales; `transformers`: loads Hugging Face's implementation of the same
+        weights, the independent check of the fp32 reference (None where there is none)."""
         self.name, self.weights, self.dtype, self.attention, self.mode = name, weights, dtype, attention, mode
-        self.tokenizer, self.calibration_batches = tokenizer, calibration_batches
+        self.tokenizer, self.calibration_batches, self.transformers = tokenizer, calibration_batches, transformers
 
     @cached_property
     def variant(self) -> Variant:

@@ -17,6 +17,7 @@ from harness.reference.llama import config as shapes
 from harness.reference.llama.config import LlamaConfig
 from harness.reference.tokenizer import Tokenizer
 from harness.reference.weights import LoadedWeights
+from harness.reference import hf
 from harness.reference.weights.gguf import load_gguf
 from harness.reference.weights.hf_dir import load_hf_dir, resolve_hf
 from harness.reference.weights.packaged import shipped_smollm2_gguf
@@ -29,6 +30,8 @@ class ModelSpec:
     load_weights: Callable[[], LoadedWeights]
     # None for toys, which take random ids instead of text.
     load_tokenizer: Callable[[], Tokenizer] | None = None
+    # Hugging Face transformers' implementation of the same weights (hf.py), where there is one.
+    load_transformers: Callable[[], torch.nn.Module] | None = None
 
     @property
     def real_text(self) -> bool:
@@ -54,14 +57,17 @@ def random_weights(config: LlamaConfig, seed: int) -> LoadedWeights:
 
 
 def _gguf(path: Callable[[], Path]) -> dict:
-    """Weights and tokenizer of a GGUF file."""
-    return {"load_weights": lambda: load_gguf(path()), "load_tokenizer": lambda: Tokenizer.from_gguf(path())}
+    """Weights, tokenizer and transformers' model of a GGUF file."""
+    return {"load_weights": lambda: load_gguf(path()), "load_tokenizer": lambda: Tokenizer.from_gguf(path()),
+            "load_transformers": lambda: hf.load_gguf(path())}
 
 
 def _hf(id_or_dir: str) -> dict:
-    """Weights and tokenizer of a Hugging Face directory or repo id (downloaded when online)."""
+    """Weights, tokenizer and transformers' model of a Hugging Face directory or repo id (downloaded when
+    online)."""
     return {"load_weights": lambda: load_hf_dir(resolve_hf(id_or_dir)),
-            "load_tokenizer": lambda: Tokenizer.from_hf(resolve_hf(id_or_dir))}
+            "load_tokenizer": lambda: Tokenizer.from_hf(resolve_hf(id_or_dir)),
+            "load_transformers": lambda: hf.load_dir(resolve_hf(id_or_dir))}
 
 
 REGISTRY: dict[str, ModelSpec] = {

@@ -49,7 +49,8 @@ class Case:
         spec, vocab = self.spec, self.weights.config.vocab_size
         return Reference(self.config.model, self.weights, self.config.dtype, self.config.target.attention_impl,
                          self.config.eager_mode, spec.load_tokenizer,
-                         lambda: w8a8.calibration_batches(spec.load_tokenizer() if spec.real_text else None, vocab))
+                         lambda: w8a8.calibration_batches(spec.load_tokenizer() if spec.real_text else None, vocab),
+                         spec.load_transformers)
 
     @cached_property
     def candidate(self) -> ExportedCandidate:

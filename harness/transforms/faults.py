@@ -20,13 +20,23 @@ SUB_BLOCK_PARAMS = {
 
 @dataclasses.dataclass(frozen=True)
 class Fault:
+    """`kind` "weight": a parameter of the sub-block perturbed in the archive (scaled by `scale`; only its
+    output `row` where given; only element [`row`, `col`] where both are, or that element replaced by
+    `value`); "op": a wrong op in the program."""
+
     layer: int
     sub_block: str  # where bisection must find it
-    kind: str  # "weight": one parameter perturbed in the archive; "op": a wrong op in the program
+    kind: str
+    scale: float = 1.125  # 1 + 2^-3: well outside bf16's rounding noise, small against the weights' spread
+    row: int | None = None
+    col: int | None = None
+    value: float | None = None
 
     @property
     def id(self) -> str:
-        return f"{self.kind}-layer{self.layer}-{self.sub_block}"
+        where = "".join(f"-{k}{v}" for k, v in (("row", self.row), ("col", self.col)) if v is not None)
+        change = f"={self.value:g}" if self.value is not None else f"x{self.scale:g}" if self.scale != 1.125 else ""
+        return f"{self.kind}-layer{self.layer}-{self.sub_block}{where}{change}"
 
 
 
@@ -36,9 +46,11 @@ def plant_fault(model: Llama, fault: Fault | None) -> Llama:
         return model
     layer = model.layers[fault.layer]
     if fault.kind == "weight":
-        # Scaled by 1 + 2^-3: well outside bf16's rounding noise, small against the weights' spread.
         param = layer.get_parameter(SUB_BLOCK_PARAMS[fault.sub_block])
-        param.data = param.data * 1.125  # a new tensor: the parameter may share the loaded weights' storage
+        data = param.data.clone()  # a new tensor: the parameter may share the loaded weights' storage
+        where = (slice(None) if fault.row is None else fault.row,) + (() if fault.col is None else (fault.col,))
+        data[where] = data[where] * fault.scale if fault.value is None else fault.value
+        param.data = data
     else:
         layer.mlp.act = F.gelu  # SwiGLU computed with GELU instead of SiLU
     return model
@@ -48,6 +60,12 @@ def weight_fault(layer: int, sub_block: str) -> Fault:
     if sub_block not in SUB_BLOCK_PARAMS:
         raise ValueError(f"sub-block {sub_block!r} has no parameter; choose from {', '.join(SUB_BLOCK_PARAMS)}")
     return Fault(layer, sub_block, "weight")
+
+
+def row_fault(layer: int, sub_block: str, row: int, scale: float) -> Fault:
+    """One output row of a projection (one output channel) scaled by `scale`: what a miscompiled tile or
+    lane does, where rounding noise is spread over every channel."""
+    return dataclasses.replace(weight_fault(layer, sub_block), row=row, scale=scale)
 
 
 def op_fault(layer: int) -> Fault:
