@@ -2,10 +2,11 @@
 error the compiled model carries than eager in the same dtype, both against the fp64 oracle. For every
 part of the layer check (embedding, each decoder layer, head; isolated and propagated) and the end-to-end
 logits, per model, dtype, sequence length and input seed, it records each measure's ratio at multiple 1:
-error(compiled) / (error(eager) + 1 ulp floor) for RMSE and max abs, and the same at the worst output
-channel and the worst position (tolerance.structured); for every sub-block of every isolated decoder layer
-too (mode "sub-block"), which fp16 / bf16 layer checks judge on the structured measures. A multiple must sit above the largest clean ratio
-with a margin; harness/numerics/tolerance.py and the README carry the table this prints.
+error(compiled) / (error(eager) + 1 ulp floor) for RMSE and max abs, the same at the worst output channel
+and the worst position, and the worst channel gain error (tolerance.structured); for every sub-block of
+every isolated decoder layer too (mode "sub-block"), which fp16 / bf16 layer checks judge on the structured
+measures. A multiple must sit above the largest clean ratio with a margin; harness/numerics/tolerance.py and
+the README carry the table this prints.
 
     .venv/bin/python bench/policy_calibration.py [--models toy-tp8,smollm2-135m] [--dtypes fp32,fp16,bf16]
         [--seq-lens 32,128,512] [--seeds 0,1,2] [--out calibration.json]
@@ -21,16 +22,15 @@ import warnings
 import numpy as np
 from tabulate import tabulate
 
-MEASURES = ("rmse", "max_abs", "channel", "position")
+MEASURES = ("rmse", "max_abs", "channel", "position", "gain")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="toy-tp8,smollm2-135m")
-    ap.add_argument("--dtypes", default="fp32,fp16,bf16")
-    ap.add_argument("--seq-lens", default="32,128,512")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--out", default="", help="also write every ratio as JSON here")
+    for flag, default in (("--models", "toy-tp8,smollm2-135m"), ("--dtypes", "fp32,fp16,bf16"),
+                          ("--seq-lens", "32,128,512"), ("--seeds", "0,1,2"), ("--out", "")):
+        ap.add_argument(flag, default=default, help=f"comma-separated (default {default})" if default else
+                        "also write every ratio as JSON here")
     args = ap.parse_args()
     warnings.simplefilter("ignore", FutureWarning)
     import torch
@@ -79,7 +79,8 @@ def main() -> None:
                     tokens = x.tokens
                     e2e = policy.judge(forward.logits(tokens), case.reference.eager.logits(tokens),
                                        case.reference.oracle.logits(tokens))
-                    for mode, name, verdict in [(p.mode, p.name, p.verdict) for p in parts] + [("end_to_end", "logits", e2e)]:
+                    judged = [(p.mode, p.name, p.verdict) for p in parts] + [("end_to_end", "logits", e2e)]
+                    for mode, name, verdict in judged:
                         ratios = {m: verdict.errors[m] / verdict.budgets[m] for m in MEASURES}
                         rows.append([model, dtype, seq_len, seed, mode, name, ratios])
                     worst = {m: max(r[6][m] for r in rows if r[:4] == [model, dtype, seq_len, seed]) for m in MEASURES}

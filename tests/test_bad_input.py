@@ -8,12 +8,11 @@ import sys
 import pytest
 import torch
 
-from harness.reference.weights.packaged import shipped_smollm2_gguf
-
 from harness.checks import end_to_end
 from harness.common.errors import HarnessError, StageFailure
 from harness.iree.runtime import create_devices
 from harness.iree.targets import Target
+from harness.reference.weights.packaged import shipped_smollm2_gguf
 from harness.run.case import Case
 from harness.run.config import RunConfig
 
@@ -50,7 +49,8 @@ def assert_bad_input(proc, says):
 @pytest.mark.parametrize("command, args, says", [
     ("run", ["--model", "TRUNCATED", "--dtype", "fp32"], "not a readable GGUF file (truncated or corrupt?)"),
     ("run", ["--model", "toy-gqa", "--dtype", "fp32", "--seq-len", "0"], "--seq-len 0: must be a positive number"),
-    ("run", ["--model", "toy-gqa", "--dtype", "fp32", "--seq-len", "1000"], "--seq-len 1000: toy-gqa takes at most 512"),
+    ("run", ["--model", "toy-gqa", "--dtype", "fp32", "--seq-len", "1000"],
+     "--seq-len 1000: toy-gqa takes at most 512"),
     ("run", ["--model", "toy-gqa", "--dtype", "fp32", "--threads", "-1"], "--threads -1: must be a positive count"),
     ("run", ["--model", "toy-gqa", "--dtype", "fp32", "--iree-device", "local-task://999"], "cannot create device"),
     ("perplexity", ["--model", "smollm2-135m", "--dtype", "fp32", "--ppl-n-ctx", "9000"],

@@ -10,7 +10,7 @@ from harness.numerics.tolerance import Verdict
 from harness.reference.llama.model import SUB_BLOCKS
 from harness.run.case import Case
 from harness.run.config import RunConfig
-from harness.transforms.faults import op_fault, weight_fault
+from harness.transforms.faults import op_fault, row_fault, weight_fault
 
 TOY_FAULTS = [weight_fault(0, "q_proj"), weight_fault(0, "attn_norm"), weight_fault(1, "v_proj"),
               weight_fault(1, "o_proj"), op_fault(1), weight_fault(2, "up_proj"), weight_fault(2, "down_proj")]
@@ -24,6 +24,28 @@ def test_toy_fault_is_localised(fault, dtype, tmp_path):
     assert rec["fault"] == fault.id
     assert (tmp_path / f"layer_{fault.layer}_input.npy").exists()
     assert f"--function=layer_{fault.layer}" in rec["reproducer"]
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("sub_block", ["q_proj", "up_proj", "down_proj"])
+def test_toy_single_row_fault_is_localised(sub_block, dtype):
+    """One output row of one projection x1.25 (one channel): fp16 / bf16 judge every sub-block's error per
+    channel, so the layer check fails at that layer and bisection names the projection."""
+    rec = Case(RunConfig("toy-tp8", dtype), fault=row_fault(1, sub_block, 5, 1.25)).run(bisect.bisect)
+    assert (rec["layer"], rec["sub_block"]) == ("layer_1", sub_block), bisect.format_bisect(rec)
+
+
+@pytest.mark.slow
+def test_smollm2_fp16_single_row_fault_is_caught_and_localised():
+    """x1.25 on one output row of layer 15's down_proj drowns in the residual stream at the layer's output
+    (0.1 of the aggregate budget there) and stands out at the projection's own output, per channel."""
+    case = Case(RunConfig("smollm2-135m", "fp16"), fault=row_fault(15, "down_proj", 100, 1.25))
+    rec = case.run(layers.compare)
+    layer = next(r for r in rec["parts"] if r["part"] == "layer_15" and r["mode"] == "isolated")
+    assert rec["first_failure"]["isolated"] == "layer_15" and not layer["passed"]
+    assert (layer["sub_block"], layer["measure"]) == ("down_proj", "channel"), layer["reason"]
+    found = case.run(bisect.bisect)
+    assert (found["layer"], found["sub_block"]) == ("layer_15", "down_proj"), bisect.format_bisect(found)
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])

@@ -8,11 +8,18 @@ import math
 import numpy as np
 import pytest
 
-from harness.common.errors import HarnessError
 from harness.checks.perplexity import QUICK_WINDOWS
+from harness.common.errors import HarnessError
 from harness.numerics.tolerance import perplexity_budget
 from harness.perplexity import gate
-from harness.perplexity.gate import ALPHA, golden_gate, make_golden, paired_gate, read_golden, write_golden
+from harness.perplexity.gate import (
+    ALPHA,
+    golden_gate,
+    make_golden,
+    paired_gate,
+    read_golden,
+    write_golden,
+)
 from harness.perplexity.protocol import Protocol
 from harness.perplexity.stats import Stats, engine_stats, mean_se, window_se
 

@@ -22,7 +22,13 @@ from harness.reference.llama.config import SMOLLM2_135M, TOY_TP8
 from harness.reference.llama.model import SUB_BLOCKS, Llama
 from harness.reference.registry import random_weights
 from harness.transforms.faults import op_fault, plant_fault, weight_fault
-from harness.transforms.shard import HeadCopies, attention_on_device, check_tp, shard, split_sizes
+from harness.transforms.shard import (
+    HeadCopies,
+    attention_on_device,
+    check_tp,
+    shard,
+    split_sizes,
+)
 
 # SmolLM2's head layout (9 query heads, 3 KV heads, tied embeddings) at toy size: 16-wide heads, and an
 # FFN width (384) that 9 does not divide, so TP 9 exercises the uneven FFN split.

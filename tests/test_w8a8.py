@@ -17,7 +17,13 @@ from harness.run.config import RunConfig
 from harness.transforms import w8a8
 from harness.transforms.quantize import FP8, layout
 from harness.transforms.shard import shard
-from harness.transforms.w8a8 import W8A8Linear, calibrate, calibration_batches, fp8_round, quantize_w8a8
+from harness.transforms.w8a8 import (
+    W8A8Linear,
+    calibrate,
+    calibration_batches,
+    fp8_round,
+    quantize_w8a8,
+)
 
 ML_DTYPES = {"fp8e4m3fn": ml_dtypes.float8_e4m3fn, "fp8e4m3fnuz": ml_dtypes.float8_e4m3fnuz}
 

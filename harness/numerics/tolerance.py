@@ -30,15 +30,15 @@ from harness.numerics import metrics
 # Each measure's multiple per dtype (the docstring's table says where each comes from). fp32 records its
 # structured measures without judging them (MEASURES): accumulation order scatters its errors.
 MULTIPLES: dict[torch.dtype, dict[str, float]] = {
-    torch.float32: {"rmse": 16.0, "max_abs": 21.0, "channel": 32.0, "position": 40.0},
-    torch.float16: {"rmse": 3.0, "max_abs": 3.0, "channel": 8.0, "position": 8.0},
-    torch.bfloat16: {"rmse": 3.0, "max_abs": 3.0, "channel": 8.0, "position": 8.0},
+    torch.float32: {"rmse": 16.0, "max_abs": 21.0, "channel": 32.0, "position": 40.0, "gain": 8.0},
+    torch.float16: {"rmse": 3.0, "max_abs": 3.0, "channel": 8.0, "position": 8.0, "gain": 8.0},
+    torch.bfloat16: {"rmse": 3.0, "max_abs": 3.0, "channel": 8.0, "position": 8.0, "gain": 8.0},
 }
+STRUCTURED = ("channel", "position", "gain")
 MEASURES: dict[torch.dtype, tuple[str, ...]] = {
-    torch.float32: ("rmse", "max_abs"), torch.float16: ("rmse", "max_abs", "channel", "position"),
-    torch.bfloat16: ("rmse", "max_abs", "channel", "position")}
+    torch.float32: ("rmse", "max_abs"), torch.float16: ("rmse", "max_abs", *STRUCTURED),
+    torch.bfloat16: ("rmse", "max_abs", *STRUCTURED)}
 FLOOR_ULPS = 1.0
-STRUCTURED = ("channel", "position")
 
 
 @dataclasses.dataclass
@@ -70,16 +70,28 @@ def structured(result: torch.Tensor, eager: torch.Tensor, oracle: torch.Tensor, 
                multiples: dict[str, float]) -> dict[str, tuple[float, float, float, int]]:
     """The error where it lives: for each output channel (the last dimension; RMS over every position) and
     each position (RMS over the channels), the result's error against the oracle over its budget there,
-    `multiple` x eager's error there + 1 ulp of the oracle's RMS there. Rounding noise spreads over every
-    channel and position; a miscompiled row, head or position range concentrates where an aggregate dilutes
-    it. Returns, per measure ("channel", "position"), (error, budget, eager error, index) at the worst one."""
+    the multiple x eager's error there + 1 ulp of the oracle's RMS there (or the whole tensor's, if larger).
+    Rounding noise spreads over every channel and position; a miscompiled row, head or position range
+    concentrates where an aggregate dilutes it. And each channel's gain error (below). Returns, per measure
+    ("gain", "channel", "position"), (error, budget, eager error, index) at the worst one."""
     o = oracle.detach().to(torch.float64).reshape(-1, oracle.shape[-1])
     d_r = result.detach().to(torch.float64).reshape(o.shape) - o
     d_e = eager.detach().to(torch.float64).reshape(o.shape) - o
     out = {}
+    # A channel's gain: the share of its oracle values that its error is (a least-squares fit over the
+    # positions), the signature of a scaled row or lane. Rounding noise averages out of it; its floor is 1 ulp.
+    energy = o.pow(2).sum(0).clamp_min(torch.finfo(torch.float64).tiny)
+    g_r, g_e = ((d * o).sum(0) / energy for d in (d_r, d_e))
+    budgets = multiples["gain"] * g_e.abs() + FLOOR_ULPS * eps(dtype)
+    i = int((g_r.abs() / budgets).argmax())
+    out["gain"] = (float(g_r[i].abs()), float(budgets[i]), float(g_e[i].abs()), i)
     for name, dim in (("channel", 0), ("position", 1)):
         e_r, e_e = _rms(d_r, dim), _rms(d_e, dim)
-        budgets = multiples[name] * e_e + FLOOR_ULPS * eps(dtype) * _rms(o, dim)
+        # The floor is 1 ulp of the larger of the slice's scale and the tensor's: a channel of small values can
+        # carry the absolute error of the larger terms it was summed from (SmolLM2 bf16, layer 18, attention
+        # channel 551: values ~1.5e-3, compiled error 5e-4, eager's by chance 1e-5).
+        floor = FLOOR_ULPS * eps(dtype) * torch.maximum(_rms(o, dim), _rms(o.flatten(), 0))
+        budgets = multiples[name] * e_e + floor
         i = int((e_r / budgets).argmax())
         out[name] = (float(e_r[i]), float(budgets[i]), float(e_e[i]), i)
     return out
@@ -110,9 +122,10 @@ def judge(result: torch.Tensor, eager: torch.Tensor, oracle: torch.Tensor, dtype
     ratios = {k: errors[k] / budgets[k] for k in measures}
     worst = max(ratios, key=ratios.get)
     passed = ratios[worst] <= 1.0
-    at = f" at {worst} {where[worst]}" if worst in where else ""
+    label = {"channel": "rmse of channel", "position": "rmse of position", "gain": "gain error of channel"}
+    what = f"{label[worst]} {where[worst]}" if worst in where else worst
     used = multiples[worst]
-    reason = (f"{worst if worst not in where else 'rmse'}{at} vs {oracle_name} {errors[worst]:.3g} "
+    reason = (f"{what} vs {oracle_name} {errors[worst]:.3g} "
               f"{'<=' if passed else '>'} budget {budgets[worst]:.3g} ({used:g} x {reference} "
               f"{str(dtype).removeprefix('torch.')} error + {FLOOR_ULPS:g} ulp floor)")
     return Verdict(passed, reason, ratios[worst], errors, budgets, reference_errors, where, worst)

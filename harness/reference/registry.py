@@ -13,11 +13,11 @@ import torch
 
 from harness.common.cache import digest
 from harness.common.errors import HarnessError
+from harness.reference import hf
 from harness.reference.llama import config as shapes
 from harness.reference.llama.config import LlamaConfig
 from harness.reference.tokenizer import Tokenizer
 from harness.reference.weights import LoadedWeights
-from harness.reference import hf
 from harness.reference.weights.gguf import load_gguf
 from harness.reference.weights.hf_dir import load_hf_dir, resolve_hf
 from harness.reference.weights.packaged import shipped_smollm2_gguf

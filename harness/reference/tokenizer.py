@@ -44,7 +44,10 @@ class Tokenizer:
 
     @classmethod
     def from_gguf(cls, path: str | Path) -> "Tokenizer":
-        from transformers.integrations.gguf import convert_gguf_tokenizer, get_gguf_tokenizer
+        from transformers.integrations.gguf import (
+            convert_gguf_tokenizer,
+            get_gguf_tokenizer,
+        )
 
         path = Path(path)
         if not path.is_file():

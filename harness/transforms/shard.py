@@ -62,7 +62,15 @@ from torch import nn
 from harness.common.errors import HarnessError
 from harness.reference.llama.attention import causal_mask
 from harness.reference.llama.config import LlamaConfig
-from harness.reference.llama.model import SUB_BLOCKS, Attention, DecoderLayer, FeedForward, Llama, RMSNorm, rope_tables
+from harness.reference.llama.model import (
+    SUB_BLOCKS,
+    Attention,
+    DecoderLayer,
+    FeedForward,
+    Llama,
+    RMSNorm,
+    rope_tables,
+)
 from harness.transforms.quantize import block_size, effective_scheme
 
 # --- which sizes fit, and who holds what ---------------------------------------------------------------

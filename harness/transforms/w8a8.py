@@ -45,7 +45,13 @@ from torch import nn
 from harness.common.dtypes import W8A8
 from harness.data.dataset import load_text
 from harness.reference.llama.model import Llama
-from harness.transforms.quantize import FP8, fp8_table, fp8_values, projection_names, replace_projections
+from harness.transforms.quantize import (
+    FP8,
+    fp8_table,
+    fp8_values,
+    projection_names,
+    replace_projections,
+)
 
 SCHEMES = W8A8
 CALIBRATION_WINDOWS, CALIBRATION_LEN = 4, 512  # real text; toys: 4 x 64 random ids

@@ -18,7 +18,10 @@ The detokenizer and the word and byte counts are lm-eval's own, imported from it
 from __future__ import annotations
 
 import datasets
-from lm_eval.tasks.wikitext.preprocess_wikitext import process_results, wikitext_detokenizer  # noqa: F401
+from lm_eval.tasks.wikitext.preprocess_wikitext import (  # noqa: F401
+    process_results,
+    wikitext_detokenizer,
+)
 
 from harness.data.dataset import load_text
 
