@@ -146,9 +146,13 @@ def _open(config, write_record) -> Case | HarnessError:
 
 
 @pytest.fixture
-def write_record(run_dir):
+def write_record(run_dir, request):
+    """Appends a record, stamped with the test that wrote it: the plan names tests, and a user's
+    `test_my_model` that records an end_to_end check accounts for its planned ("my_model", config)."""
+    test = request.node.function.__name__.removeprefix("test_")
+
     def write(record: dict) -> None:
-        records.append(run_dir / "records.jsonl", record)
+        records.append(run_dir / "records.jsonl", {**record, "test": test})
     return write
 
 

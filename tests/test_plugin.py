@@ -10,6 +10,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from harness.reporting import records
+
 PROJECT = Path(__file__).resolve().parents[1]
 
 USER_TEST = """
@@ -33,7 +35,8 @@ def test_plugin_in_a_users_repository(pytester, monkeypatch):
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*harness report: out/r/summary.md*"])
     recs = [json.loads(line) for line in (pytester.path / "out/r/records.jsonl").read_text().splitlines()]
-    assert [r["kind"] for r in recs] == ["end_to_end"] and recs[0]["config"] == "toy-gqa-fp32-tp1"
+    assert [r["kind"] for r in recs] == ["plan", "end_to_end"] and recs[1]["config"] == "toy-gqa-fp32-tp1"
+    assert recs[0]["checks"] == [["my_model", "toy-gqa-fp32-tp1"]] and not records.missing(recs)
     assert "--iree-hal-target-device" in pytester.runpytest_subprocess("--help").stdout.str()
 
 

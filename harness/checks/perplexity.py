@@ -12,7 +12,7 @@ from harness.common.errors import HarnessError
 from harness.data.dataset import load_text
 from harness.numerics.tolerance import Policy, perplexity_budget
 from harness.perplexity import gate
-from harness.perplexity.protocol import DEFAULT_N_CTX, Windows, make_windows
+from harness.perplexity.protocol import DEFAULT_N_CTX, Windows, check_max_windows, make_windows
 from harness.perplexity.runner import score_all
 from harness.perplexity.stats import Stats
 from harness.reference import hf
@@ -33,6 +33,7 @@ def windows(reference: Reference, n_windows: int | None = QUICK_WINDOWS, n_ctx: 
     if n_ctx > reference.weights.config.max_seq_len:
         raise HarnessError(f"--ppl-n-ctx {n_ctx}: {reference.name} takes at most "
                            f"{reference.weights.config.max_seq_len} tokens")
+    check_max_windows(n_windows)  # before the text is read and tokenized
     return make_windows(load_text(dataset, form), reference.tokenizer(), scheme, n_ctx, max_windows=n_windows)
 
 

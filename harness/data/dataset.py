@@ -15,6 +15,7 @@ and in one of two text forms (wikitext2/README.md has the numbers):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -76,7 +77,8 @@ def _file_rows(path: Path, expected_sha256: str | None = None) -> tuple[list[str
         raise HarnessError(f"{path}: sha256 {sha} does not match the expected {expected_sha256}: "
                            f"the file is corrupted or was replaced")
     try:
-        rows = datasets.load_dataset("text", data_files=str(path), keep_linebreaks=True, split="train")["text"]
+        with _no_progress_bars():  # splitting a local file is not a download worth a bar on stderr
+            rows = datasets.load_dataset("text", data_files=str(path), keep_linebreaks=True, split="train")["text"]
     except Exception as e:  # not UTF-8, unreadable
         raise HarnessError(f"{path}: datasets cannot read it as text: {_one_line(e)}")
     rows = list(rows)
@@ -84,6 +86,17 @@ def _file_rows(path: Path, expected_sha256: str | None = None) -> tuple[list[str
     if "".join(rows).encode() != data:
         raise HarnessError(f"{path}: datasets' text rows do not reassemble to the file byte for byte")
     return rows, sha
+
+
+@contextlib.contextmanager
+def _no_progress_bars():
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
 
 
 def _hub_rows(spec: str) -> list[str]:

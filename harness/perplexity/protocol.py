@@ -118,13 +118,17 @@ class Windows:
         return self.protocol.n_windows
 
 
+def check_max_windows(max_windows: int | None) -> None:
+    if max_windows is not None and max_windows < 1:
+        raise HarnessError(f"--windows / --ppl-windows {max_windows}: must be at least 1")
+
+
 def make_windows(text: Text, tokenizer: Tokenizer, scheme: str = "llamacpp", n_ctx: int = DEFAULT_N_CTX,
                  stride: int | None = None, max_windows: int | None = None) -> Windows:
     """Tokenize `text` once and describe the first `max_windows` windows (all when None)."""
     if scheme not in SCHEMES:
         raise HarnessError(f"perplexity scheme {scheme!r} is unknown; known: {', '.join(SCHEMES)}")
-    if max_windows is not None and max_windows < 1:
-        raise HarnessError(f"--windows / --ppl-windows {max_windows}: must be at least 1")
+    check_max_windows(max_windows)
     stride = n_ctx if stride is None else stride
     limit = math.inf if max_windows is None else max_windows
     tokens = tokenizer.encode(text.text)

@@ -94,7 +94,7 @@ def missing(recs: list[dict]) -> list[tuple[str, str]]:
     """The planned (check, configuration) pairs that no record accounts for: no result of the check, no
     skip of the configuration (of all its checks, or of this one) and no expected failure."""
     planned = {tuple(p) for r in recs if r["kind"] == "plan" for p in r["checks"]}
-    done = {(r["kind"], r["config"]) for r in recs if "config" in r}
+    done = {(r[key], r["config"]) for r in recs if "config" in r for key in ("kind", "test") if key in r}
     done |= {(r["check"], r["config"]) for r in recs if r["kind"] == "expected_failure"}
     skipped = {(r.get("check"), r["config"]) for r in recs if r["kind"] == "skipped"}
     return sorted((check, config) for check, config in planned - done
