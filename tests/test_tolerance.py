@@ -2,7 +2,7 @@
 
 import torch
 
-from harness.numerics.tolerance import MULTIPLES, judge
+from harness.numerics.tolerance import AGGREGATE, MULTIPLES, STRUCTURED, Policy, judge
 
 DTYPE = torch.float16
 
@@ -49,3 +49,32 @@ def test_exact_eager_still_has_a_floor():
     # Eager equal to the oracle must not turn the budget into zero: one ulp of the output scale remains.
     result, eager, oracle = _case(eager_noise=0.0, result_noise=1e-5)
     assert judge(result, eager, oracle, DTYPE).passed
+
+
+def test_structured_measures_judge_isolated_parts_only():
+    """A row-scaled channel (one output channel x1.05) hides in the aggregate of a tensor with a massive
+    channel (as SmolLM2's residual stream has); on an isolated part the channel and gain measures catch it,
+    along a propagated chain only the aggregate judges."""
+    result, eager, oracle = _case(eager_noise=1e-3, result_noise=1e-3)
+    for t in (result, eager, oracle):
+        t[..., 0] *= 100
+    result[..., 17] = oracle[..., 17] * 1.05
+    policy = Policy("fp16")
+    isolated, propagated = (policy.judge(result, eager, oracle, isolated=flag) for flag in (True, False))
+    assert not isolated.passed and isolated.measure in ("channel", "gain") and isolated.where[isolated.measure] == 17
+    assert propagated.passed and propagated.measure in AGGREGATE, propagated.reason
+    assert set(propagated.errors) >= set(STRUCTURED)  # recorded all the same
+    assert Policy("fp32").structured == () and Policy("bf16").structured == STRUCTURED
+
+
+def test_a_channel_carried_by_one_position_gets_its_floor():
+    """One position carries channel 3's energy; compiled is 2 ulps off there, eager exact by chance: within
+    the structured floor (4 ulps), where 1 ulp would fail it. 8 ulps off still fails."""
+    result, eager, oracle = _case(eager_noise=1e-3, result_noise=1e-3)
+    eager[..., 3], oracle[..., 3] = 0.0, 0.0
+    oracle[0, 0, 3] = eager[0, 0, 3] = 5.0
+    u = torch.finfo(DTYPE).eps
+    for ulps, passes in ((2, True), (8, False)):
+        result[..., 3] = oracle[..., 3] * (1 + ulps * u)
+        verdict = Policy("fp16").judge(result, eager, oracle, isolated=True)
+        assert verdict.passed == passes, verdict.reason

@@ -48,8 +48,8 @@ class LayerCheck:
             self.chain.append(self.eager.layer(i, self.chain[-1])[0])
         self.eager_logits = self.eager.head(self.chain[-1])
 
-    def _judge(self, result, eager, oracle) -> Verdict:
-        return self.policy.judge(result, eager, oracle)
+    def _judge(self, result, eager, oracle, isolated: bool = True) -> Verdict:
+        return self.policy.judge(result, eager, oracle, isolated=isolated)
 
     def isolated(self, i: int) -> Part:
         """Layer i (-1: embedding, n_layers: head) on the eager input."""
@@ -73,12 +73,12 @@ class LayerCheck:
 
     def propagated(self) -> list[Part]:
         c, o = self.compiled.embed(self.tokens), self.oracle.embed(self.tokens)
-        parts = [Part("embed", "propagated", self._judge(c, self.chain[0], o))]
+        parts = [Part("embed", "propagated", self._judge(c, self.chain[0], o, isolated=False))]
         for i in range(self.n_layers):
             c, o = self.compiled.layer(i, c)[0], self.oracle.layer(i, o)[0]
-            parts.append(Part(f"layer_{i}", "propagated", self._judge(c, self.chain[i + 1], o)))
+            parts.append(Part(f"layer_{i}", "propagated", self._judge(c, self.chain[i + 1], o, isolated=False)))
         parts.append(Part("head", "propagated", self._judge(self.compiled.head(c), self.eager_logits,
-                                                            self.oracle.head(o))))
+                                                            self.oracle.head(o), isolated=False)))
         return parts
 
     def sub_blocks(self, i: int) -> list[Part]:
