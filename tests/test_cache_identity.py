@@ -19,9 +19,11 @@ def test_module_key_is_the_compilers_bytes(tmp_path, monkeypatch):
     mlir.write_text(PROGRAM)
     flags = Target().compile_flags()
     first, _, _ = compiler.compile_module(mlir, flags)
-    monkeypatch.setattr(compiler, "compiler_identity", lambda: "another build, same version string")
+    # Unique per run, so a rerun does not find the last run's module under the same fake identity.
+    monkeypatch.setattr(compiler, "compiler_identity", lambda: f"another build, same version string {tmp_path}")
     other, _, cached = compiler.compile_module(mlir, flags)
     assert other != first and not cached
+    other.unlink()
 
 
 def test_host_is_resolved_in_the_flags():

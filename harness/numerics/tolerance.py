@@ -37,7 +37,7 @@ The earlier calibration read ratios at multiple 1 as the multiples needed; that 
 error dominates the budget. Where the floor does (eager exact by chance), no multiple helps: clean SmolLM2
 fp16 failed its layer 1 swiglu gain at 1.08x a 1-ulp floor (a channel whose energy sits in one or two
 positions: its gain error is their relative error, several ulps after a few roundings), and fp32 at seeds 1 and 2 went
-to 2.8x the old max-abs multiple (21): IREE's fp32 reductions carry up to ~100x MKL's max error in layer 28's
+to 2.8x the old max-abs multiple (21): IREE's fp32 reductions carry up to ~60x MKL's max error in layer 28's
 down_proj and along the propagated chain at 32 tokens. Structured measures do not judge propagated parts:
 there compiled and eager states drift apart and a slice's error is that drift amplified (position 0.90,
 recorded only). fp32 records its structured measures only: its errors are accumulation order, scattered by
