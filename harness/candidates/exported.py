@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.candidates.programs import forward_entries, layer_entries
+from harness.candidates.programs import forward_entries, layer_entries, serving_entries
 from harness.common.cache import digest
 from harness.common.errors import HarnessError
 from harness.common.stages import Stages
@@ -22,6 +22,7 @@ from harness.iree.runtime import CompiledModule
 from harness.iree.targets import FP8_DECODE, Target
 from harness.reference.eager import Variant
 from harness.reference.llama.model import SUB_BLOCKS, Llama
+from harness.reference.llama.paged import ServingShape, cache_dtype
 from harness.reporting.records import versions
 from harness.transforms.faults import Fault, plant_fault
 from harness.transforms.shard import shard
@@ -81,11 +82,36 @@ class CompiledParts:
         return self.module.reproducer(function, paths)
 
 
+class CompiledServing:
+    """A compiled "serving" program's entry points over one cache, which lives on the device between calls."""
+
+    def __init__(self, module: CompiledModule, shape: ServingShape, layout, dtype: torch.dtype):
+        self.module, self.shape, self.name = module, shape, "iree"
+        self.cache_dtype = cache_dtype(dtype)
+        self.write_cache(layout.allocate(self.cache_dtype))
+
+    def _call(self, function: str, *args: torch.Tensor) -> torch.Tensor:
+        (out,) = self.module(function, *(a.numpy() for a in args), self.cache)
+        return torch.from_numpy(out)
+
+    def prefill(self, tokens, start_positions, seq_lens, page_table):
+        return self._call(f"prefill_bs{tokens.shape[0]}", tokens, start_positions, seq_lens, page_table)
+
+    def decode(self, tokens, seq_lens, start_positions, page_table):
+        return self._call(f"decode_bs{tokens.shape[0]}", tokens, seq_lens, start_positions, page_table)
+
+    def read_cache(self) -> torch.Tensor:
+        return torch.from_numpy(self.cache.to_host().copy())
+
+    def write_cache(self, cache: torch.Tensor) -> None:
+        self.cache = self.module.device_array(cache.to(self.cache_dtype).numpy())
+
+
 class ExportedCandidate:
     """`variant` (with `fault` planted) exported, compiled for `target` and run on `tp` devices; programs
     default to `seq_len` tokens. `name` names the model in messages, `command` reruns the configuration."""
 
-    programs = ("forward", "layers")
+    programs = ("forward", "layers", "serving")
 
     def __init__(self, variant: Variant, target: Target, tp: int = 1, seq_len: int = 128, fault: Fault | None = None,
                  name: str = "the model", command: str = ""):
@@ -105,7 +131,7 @@ class ExportedCandidate:
         return shard(model, tp, self.model_name) if tp > 1 else model
 
     def module(self, program: str = "forward", seq_len: int | None = None, tp: int | None = None,
-               first: int = 0) -> CompiledModule:
+               first: int = 0, serving: ServingShape | None = None) -> CompiledModule:
         """The compiled module of `program` for `seq_len` tokens on `tp` devices (default: the
         candidate's), returning the logits of positions `first`.. ("forward" only), exported and compiled
         on first use (or taken from the cache). Its stages are "export", "compile", "run" for the default
@@ -120,10 +146,11 @@ class ExportedCandidate:
             model, config = self.model(tp), self.variant.weights.config
             tokens = torch.zeros(1, seq_len, dtype=torch.int64)
             entries = (forward_entries(tokens, first) if program == "forward"
+                       else serving_entries(model, serving) if program == "serving"
                        else layer_entries(tokens, config.n_layers, config.dim))
             code = source_digest()
             fault = self.fault
-            op_fault = fault.id if fault and fault.kind == "op" else ""
+            op_fault = fault.id if fault and fault.kind != "weight" else ""
             weight_fault = fault.id if fault and fault.kind == "weight" else ""
             dtype = self.variant.dtype
             program_key = digest(code, str(config.to_dict()), dtype, str(tp), program, str(first),
@@ -131,9 +158,10 @@ class ExportedCandidate:
                                  *(str(tuple(a.shape)) for e in entries for a in e.args))
             params_key = digest(code, self.variant.weights.sha256, dtype, str(tp), weight_fault, str(versions()))
             with self.stages.timed("export", stage_label) as st:
-                exported = export_program(model, entries, program_key, params_key, self.command)
+                exported = export_program(model, entries, program_key, params_key, self.command,
+                                          mutates_inputs=program == "serving")
                 st.seconds, st.cached = exported.seconds, exported.cached
-            flags = self.target.compile_flags(tp)
+            flags = self.target.compile_flags(tp, program)
             with self.stages.timed("compile", stage_label) as st:
                 vmfb, st.seconds, st.cached = compile_module(exported.mlir, flags)
             with self.stages.timed("run", stage_label):
@@ -146,3 +174,11 @@ class ExportedCandidate:
 
     def layers(self, seq_len: int | None = None) -> CompiledParts:
         return CompiledParts(self.module("layers", seq_len), self.variant.weights.config.n_layers)
+
+    def serving(self, shape: ServingShape) -> CompiledServing:
+        if self.tp > 1:
+            raise HarnessError(f"--tp {self.tp}: the serving programs are exported at TP 1 only so far "
+                               "(the paged cache is not sharded yet)")
+        config = self.variant.weights.config
+        module = self.module("serving", serving=shape)
+        return CompiledServing(module, shape, shape.layout(config), self.variant.torch_dtype)

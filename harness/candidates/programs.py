@@ -5,6 +5,11 @@
 - "layers": `embed` (tokens -> h), `layer_<i>` (h -> h and every sub-block's output, SUB_BLOCKS order)
   and `head` (h -> logits), sharing one parameter archive, so that each part can be fed the eager
   input (isolated) or the compiled chain's own output (propagated) from one compile.
+- "serving": sharktank's `export_paged_llm_v1` entry points for each batch size N (with its
+  --has-prefill-position, so that prefill can be chunked):
+  `prefill_bs{N}(tokens[N,S], start_pos[N], seq_lens[N], seq_block_ids[N,C], cache[P,E]) -> logits[N,S,V]`,
+  `decode_bs{N}(tokens[N,1], seq_lens[N], start_positions[N], seq_block_ids[N,C], cache) -> logits[N,1,V]`,
+  the cache updated in place (reference/llama/paged.py).
 
 Activations cross the program boundary in fp32 and are cast to the model's dtype inside: the cast of a
 dtype-valued fp32 tensor is exact, and the runtime cannot hand bf16 buffers to numpy.
@@ -16,6 +21,7 @@ import torch
 
 from harness.iree.export import Entry
 from harness.reference.llama.model import SUB_BLOCKS, Llama
+from harness.reference.llama.paged import ServingShape, cache_dtype
 
 
 def _dtype(model: Llama) -> torch.dtype:
@@ -54,3 +60,26 @@ def layer_entries(tokens: torch.Tensor, n_layers: int, dim: int) -> list[Entry]:
             + [Entry(f"layer_{i}", _layer(i), (h,)) for i in range(n_layers)]
             + [Entry("head", _head, (h,))])
 
+
+
+def _serving(shape: ServingShape, decode: bool):
+    def prefill(model: Llama, tokens, start_positions, seq_lens, page_table, cache):
+        layout = shape.layout(model.config)
+        return model.paged(tokens, start_positions, seq_lens, page_table, cache, layout).float()
+
+    def decode_step(model: Llama, tokens, seq_lens, start_positions, page_table, cache):
+        return prefill(model, tokens, start_positions, seq_lens, page_table, cache)
+    return decode_step if decode else prefill
+
+
+def serving_entries(model: Llama, shape: ServingShape) -> list[Entry]:
+    layout = shape.layout(model.config)
+    cache = torch.zeros(layout.n_pages, layout.page_elems, dtype=cache_dtype(_dtype(model)))
+    entries = []
+    for n in shape.batches:
+        # Distinct tensors: torch.export binds one tensor passed twice to one argument.
+        starts, lens = torch.zeros(n, dtype=torch.int64), torch.ones(n, dtype=torch.int64)
+        table, tokens = torch.zeros(n, shape.columns, dtype=torch.int64), torch.zeros(n, shape.prefill_len, dtype=torch.int64)
+        entries += [Entry(f"prefill_bs{n}", _serving(shape, False), (tokens, starts, lens, table, cache)),
+                    Entry(f"decode_bs{n}", _serving(shape, True), (tokens[:, :1], lens, starts, table, cache))]
+    return entries

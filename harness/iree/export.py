@@ -10,6 +10,7 @@ fault planted in one tensor) need a new archive, not a new trace and compile.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 import warnings
@@ -47,9 +48,11 @@ def _tmp(path: Path) -> Path:
 
 
 def export_program(module: torch.nn.Module, entries: list[Entry], program_key: str, params_key: str,
-                   reproducer: str) -> Exported:
+                   reproducer: str, mutates_inputs: bool = False) -> Exported:
     """Export `entries` of `module`, reusing the cached program (`program_key`: code, shapes, dtype)
-    and parameter archive (`params_key`: the weights as well)."""
+    and parameter archive (`params_key`: the weights as well). `mutates_inputs`: an entry updates an
+    argument in place (the paged cache), which only torch.export's decomposition pass functionalizes (into
+    an overwrite of the argument that IREE performs in place)."""
     mlir = cache_dir("exports") / f"{program_key}.mlir"
     irpa = cache_dir("params") / f"{params_key}.irpa"
     if mlir.exists() and irpa.exists():
@@ -62,7 +65,8 @@ def export_program(module: torch.nn.Module, entries: list[Entry], program_key: s
             # Without turbine's default AOT decompositions (61 ops), torch.export skips re-tracing every
             # program through run_decompositions: half the export time (SmolLM2 forward 18 s -> 9 s), and
             # the compiler lowers these models' ops itself (the same logits to the last bit).
-            with extend_aot_decompositions(from_current=False):
+            decompositions = contextlib.nullcontext() if mutates_inputs else extend_aot_decompositions(from_current=False)
+            with decompositions:
                 for entry in entries:
                     builder.export_program(entry.fn, name=entry.name, args=entry.args, strict=False)
             with warnings.catch_warnings():

@@ -27,6 +27,7 @@ def device_uris(uri: str, count: int) -> list[str]:
     return uris * (count // len(uris))
 
 
+WORKER_STACK = 1 << 20
 # The worker count this process's local-task executor was made with: IREE reads it from flags once, when
 # the driver is first made, and every local-task device of the process shares that executor.
 _workers: int | None = None
@@ -39,7 +40,8 @@ def set_workers(count: int) -> None:
     executor: its N devices split `count` workers between them as their work interleaves."""
     global _workers
     if _workers is None:
-        rt.flags.parse_flags(f"--task_topology_group_count={count}")
+        # Decode's gather outgrows the default 128 KiB worker stack (toolchain-facts).
+        rt.flags.parse_flags(f"--task_topology_group_count={count}", f"--task_worker_stack_size={WORKER_STACK}")
         rt.get_driver("local-task")  # made now, with that count
         _workers = count
     elif _workers != count:
@@ -87,7 +89,11 @@ class CompiledModule:
         except Exception as e:  # noqa: BLE001
             raise StageFailure("run", f"loading the module failed: {e}", self.reproducer("main", [])) from e
 
-    def __call__(self, function: str, *inputs: np.ndarray) -> list[np.ndarray]:
+    def device_array(self, array: np.ndarray) -> rt.DeviceArray:
+        """`array` on the (first) device: an argument that calls update in place, such as the paged cache."""
+        return rt.asdevicearray(self.devices[0], array)
+
+    def __call__(self, function: str, *inputs: np.ndarray | rt.DeviceArray) -> list[np.ndarray]:
         try:
             invoker = rt.FunctionInvoker(self.context, self.devices[0], self.vm_module.lookup_function(function))
             out = invoker(*inputs)
@@ -100,6 +106,7 @@ class CompiledModule:
     def _save_inputs(self, function: str, inputs) -> list[Path]:
         """The failing call's inputs, in a directory of their own: named by the module, its parameters, the
         function and the inputs' bytes, so no other configuration's failure overwrites them."""
+        inputs = [a.to_host() if hasattr(a, "to_host") else a for a in inputs]  # device arrays: the cache
         directory = cache_dir("failures") / digest(self.vmfb.name, self.irpa.name, function,
                                                    *(a.tobytes() for a in inputs))
         directory.mkdir(exist_ok=True)
@@ -110,7 +117,8 @@ class CompiledModule:
 
     def reproducer(self, function: str, input_files: list[Path]) -> str:
         devices = [f"--device={u}" for u in device_uris(self.device_uri, self.n_devices)]
-        topology = [f"--task_topology_group_count={_workers}"] if _workers else []
+        topology = ([f"--task_topology_group_count={_workers}", f"--task_worker_stack_size={WORKER_STACK}"]
+                    if _workers else [])
         return shlex.join([
             tool("iree-run-module"), f"--module={self.vmfb}", *topology,
             f"--parameters=model={self.irpa}", *devices, f"--function={function}",

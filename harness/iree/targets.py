@@ -34,6 +34,9 @@ CPU_SPEED_FLAGS = {
     "avx512": ["--iree-llvmcpu-general-matmul-tile-bytes=1048576"],
     "other": [],
 }
+# Added for the serving program (prefill / decode over the paged cache): llvm-cpu rejects the decode
+# gather's stack allocation under its default 32 KiB limit.
+SERVING_FLAGS = {"local": ["--iree-llvmcpu-stack-allocation-limit=262144"], "hip": [], "cuda": []}
 # The runtime driver each target device's modules run on (for checking --iree-device against it).
 TARGET_DRIVERS = {"local": ("local-task", "local-sync"), "hip": ("hip",), "cuda": ("cuda",)}
 # How attention is formulated for each target unless --attention says otherwise: IREE 3.9's fused
@@ -116,7 +119,7 @@ class Target:
                 f"--iree-hal-target-device={self.hal_target_device} (expected a "
                 f"{' or '.join(TARGET_DRIVERS[self.hal_target_device])} device)")
 
-    def compile_flags(self, n_devices: int = 1) -> list[str]:
+    def compile_flags(self, n_devices: int = 1, program: str = "forward") -> list[str]:
         if n_devices == 1:
             devices = [f"--iree-hal-target-device={self.hal_target_device}"]
         else:
@@ -125,6 +128,8 @@ class Target:
         flags = [f.format(**fields) for f in TARGET_FLAGS[self.hal_target_device]]
         if self.hal_target_device == "local":
             flags += CPU_SPEED_FLAGS[self.cpu_family]
+        if program == "serving":
+            flags += SERVING_FLAGS[self.hal_target_device]
         return devices + [f for f in flags if not f.endswith("=")] + list(self.extra_flags)
 
     @property

@@ -22,6 +22,7 @@ import torch
 from harness.common.dtypes import quantization, torch_dtype
 from harness.reference.llama.attention import ATTENTION
 from harness.reference.llama.model import Llama
+from harness.reference.llama.paged import ServingShape
 from harness.reference.precision import emulate
 from harness.reference.tokenizer import Tokenizer
 from harness.reference.weights import LoadedWeights
@@ -91,6 +92,34 @@ class EagerModel:
 
     def parts(self) -> "EagerParts":
         return EagerParts(self)
+
+    def serving(self, shape: ServingShape) -> "EagerServing":
+        return EagerServing(self, shape)
+
+
+class EagerServing:
+    """An eager model's serving calls over its own paged cache (reference/llama/paged.py), held in the
+    model's compute dtype."""
+
+    def __init__(self, eager: EagerModel, shape: ServingShape):
+        self.eager, self.shape, self.name = eager, shape, eager.name
+        self.layout = shape.layout(eager.model.config)
+        self.cache = self.layout.allocate(eager.model.embed_tokens.weight.dtype)
+
+    @torch.no_grad()
+    def prefill(self, tokens, start_positions, seq_lens, page_table):
+        with self.eager.precision():
+            return as_result(self.eager.model.paged(tokens, start_positions, seq_lens, page_table, self.cache,
+                                                    self.layout))
+
+    def decode(self, tokens, seq_lens, start_positions, page_table):
+        return self.prefill(tokens, start_positions, seq_lens, page_table)
+
+    def read_cache(self) -> torch.Tensor:
+        return self.cache.clone()
+
+    def write_cache(self, cache: torch.Tensor) -> None:
+        self.cache = cache.to(self.cache.dtype)
 
 
 class EagerParts:

@@ -8,6 +8,7 @@ import dataclasses
 import torch.nn.functional as F
 
 from harness.reference.llama.model import Llama
+from harness.reference.llama.paged import DEFECTS
 
 # Which parameter of a decoder layer feeds each sub-block that has one.
 SUB_BLOCK_PARAMS = {
@@ -22,7 +23,8 @@ SUB_BLOCK_PARAMS = {
 class Fault:
     """`kind` "weight": a parameter of the sub-block perturbed in the archive (scaled by `scale`; only its
     output `row` where given; only element [`row`, `col`] where both are, or that element replaced by
-    `value`); "op": a wrong op in the program."""
+    `value`); "op": a wrong op in the program; "paged": a serving defect (reference/llama/paged.py's
+    DEFECTS, named by `sub_block`) in the layer's cache traffic."""
 
     layer: int
     sub_block: str  # where bisection must find it
@@ -51,6 +53,8 @@ def plant_fault(model: Llama, fault: Fault | None) -> Llama:
         where = (slice(None) if fault.row is None else fault.row,) + (() if fault.col is None else (fault.col,))
         data[where] = data[where] * fault.scale if fault.value is None else fault.value
         param.data = data
+    elif fault.kind == "paged":
+        model.paged_defects = {fault.layer: fault.sub_block}
     else:
         layer.mlp.act = F.gelu  # SwiGLU computed with GELU instead of SiLU
     return model
@@ -70,3 +74,9 @@ def row_fault(layer: int, sub_block: str, row: int, scale: float) -> Fault:
 
 def op_fault(layer: int) -> Fault:
     return Fault(layer, "swiglu", "op")
+
+
+def paged_fault(layer: int, defect: str) -> Fault:
+    if defect not in DEFECTS:
+        raise ValueError(f"serving defect {defect!r}: choose from {', '.join(DEFECTS)}")
+    return Fault(layer, defect, "paged")

@@ -1,6 +1,7 @@
 """Causal attention in its two formulations, the one list of them (IMPLS) that options, targets and the
 models share. Both take the causal mask from `mask_fn(seq_len, dtype)`, so that tensor parallelism can
-place the mask on each device (transforms/shard.py) with the same arithmetic.
+place the mask on each device (transforms/shard.py) with the same arithmetic, and the paged cache can give
+its own ([batch, 1, seq, keys], paged.py).
 
 - "sdpa": torch's fused scaled_dot_product_attention (IREE's fused attention op; the fast path on GPUs).
 - "math": matmuls and a softmax, Hugging Face's "eager" attention; IREE 3.9 on CPU runs it ~10x faster than
@@ -29,7 +30,8 @@ def causal_mask(seq_len: int, dtype: torch.dtype) -> torch.Tensor:
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_fn=None) -> torch.Tensor:
     if mask_fn is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    mask = mask_fn(q.shape[-2], q.dtype)[None, None]  # torch-mlir rejects a 2-d mask
+    mask = mask_fn(q.shape[-2], q.dtype)
+    mask = mask.reshape((1,) * (4 - mask.dim()) + mask.shape)  # torch-mlir rejects a 2-d mask
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 

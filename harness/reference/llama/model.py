@@ -21,6 +21,7 @@ from torch import nn
 
 from harness.reference.llama.attention import ATTENTION, full_dtype
 from harness.reference.llama.config import LlamaConfig, RopeScaling
+from harness.reference.llama.paged import PagedKV, PagedLayout
 from harness.reference.precision import full_precision
 
 
@@ -44,13 +45,18 @@ def rope_inv_freq(config: LlamaConfig, dtype: torch.dtype) -> torch.Tensor:
 
 
 @full_precision
-def rope_tables(config: LlamaConfig, seq_len: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables, computed in fp32 (fp64 for an fp64 model) whatever the model's dtype."""
+def rope_at(config: LlamaConfig, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of `positions` (int64, any shape) -> [*positions.shape, head_dim], computed in fp32 (fp64
+    for an fp64 model) whatever the model's dtype."""
     dtype = full_dtype(dtype)
-    positions = torch.arange(seq_len, dtype=dtype)
-    freqs = positions[:, None] * rope_inv_freq(config, dtype)[None, :]  # not torch.outer: IREE lacks it
+    freqs = positions.to(dtype)[..., None] * rope_inv_freq(config, dtype)  # not torch.outer: IREE lacks it
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos(), emb.sin()
+
+
+def rope_tables(config: LlamaConfig, seq_len: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of positions 0..seq_len-1."""
+    return rope_at(config, torch.arange(seq_len), dtype)
 
 
 SUB_BLOCKS = ("attn_norm", "q_proj", "k_proj", "v_proj", "rope_q", "rope_k", "attention", "o_proj",
@@ -108,7 +114,10 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.dim, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, taps: dict | None = None):
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, taps: dict | None = None,
+                kv: PagedKV | None = None):
+        """`kv`: the paged cache this call writes its K/V to and attends over (default: the call's own K/V,
+        causally)."""
         bsz, seq_len, _ = x.shape
         q = tap(taps, "q_proj", self.q_proj(x)).view(bsz, seq_len, self.n_heads, self.head_dim).transpose(1, 2)
         k = tap(taps, "k_proj", self.k_proj(x)).view(bsz, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -116,10 +125,13 @@ class Attention(nn.Module):
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         q = tap(taps, "rope_q", apply_rope(q, cos, sin))
         k = tap(taps, "rope_k", apply_rope(k, cos, sin))
+        mask = None
+        if kv is not None:
+            k, v, mask = kv(k, v)
         group = self.n_heads // self.n_kv_heads
         k = k.repeat_interleave(group, dim=1)
         v = v.repeat_interleave(group, dim=1)
-        out = self.attend(q, k, v)
+        out = self.attend(q, k, v) if mask is None else self.attend(q, k, v, lambda *_: mask)
         out = tap(taps, "attention", out.transpose(1, 2).reshape(bsz, seq_len, -1))
         return tap(taps, "o_proj", self.o_proj(out))
 
@@ -146,9 +158,10 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.dim, config.norm_eps)
         self.mlp = FeedForward(config)
 
-    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, taps: dict | None = None):
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, taps: dict | None = None,
+                kv: PagedKV | None = None):
         x = tap(taps, "attn_norm", self.input_layernorm(h))
-        h = tap(taps, "attn_residual", h + self.self_attn(x, cos, sin, taps))
+        h = tap(taps, "attn_residual", h + self.self_attn(x, cos, sin, taps, kv))
         x = tap(taps, "mlp_norm", self.post_attention_layernorm(h))
         return tap(taps, "mlp_residual", h + self.mlp(x, taps))
 
@@ -161,6 +174,7 @@ class Llama(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.paged_defects: dict[int, str] = {}  # layer -> paged.DEFECTS entry planted there (faults.py)
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.embed_tokens(tokens)
@@ -182,3 +196,17 @@ class Llama(nn.Module):
         for layer in self.layers:
             h = layer(h, cos, sin)
         return self.head(h[:, first:])
+
+    def paged(self, tokens: torch.Tensor, start_positions: torch.Tensor, seq_lens: torch.Tensor,
+              page_table: torch.Tensor, cache: torch.Tensor, layout: PagedLayout) -> torch.Tensor:
+        """One serving call over the paged cache (paged.py), updated in place: `tokens` [batch, seq] at
+        positions start_positions[b].., each sequence `seq_lens[b]` long after the call (the rest of its row
+        is padding) -> logits [batch, seq, vocab]. Prefill (start 0), chunked prefill and decode (seq 1)."""
+        positions = start_positions[:, None] + torch.arange(tokens.shape[1])
+        cos, sin = rope_at(self.config, positions, self.embed_tokens.weight.dtype)
+        cos, sin = cos[:, None], sin[:, None]  # over the heads
+        h = self.embed(tokens)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cos, sin, kv=PagedKV(cache, layout, i, positions, seq_lens, page_table,
+                                             self.paged_defects.get(i)))
+        return self.head(h)
