@@ -4,7 +4,9 @@ fields; it asks the candidate and the reference for their programs and never bui
 - end_to_end.check: the candidate's logits against eager's, both against the fp64 oracle;
 - layers.compare: every part (embedding, each decoder layer, head), isolated and propagated;
 - bisect.bisect: the first diverging part and the sub-block inside it;
-- perplexity.evaluate: WikiText-2 perplexity of both on the same windows, with its gates.
+- perplexity.evaluate: WikiText-2 perplexity of both on the same windows, with its gates;
+- serving.decode, cache_state, batching, chunked_prefill, greedy: the prefill / decode programs over the
+  paged KV cache.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import dataclasses
 import torch
 
 # The checks a configuration is gated on (the report's rows, expected failures, the run-to-run diff).
-CHECKS = ("end_to_end", "layers", "perplexity")
+SERVING_CHECKS = ("decode", "cache_state", "batching", "chunked_prefill", "greedy")  # serving.py
+CHECKS = ("end_to_end", "layers", "perplexity", *SERVING_CHECKS)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,7 @@ import functools
 
 import torch
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_map
 
 # A plain module global rather than a ContextVar: torch.export (dynamo) must be able to trace through
 # `full_precision`, and it cannot trace ContextVar methods. Emulation is single-threaded anyway.
@@ -44,7 +44,13 @@ class _RoundOpOutputs(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         dtype = _rounding_dtype
-        return out if dtype is None else tree_map(lambda v: _round(v, dtype), out)
+        if dtype is None:
+            return out
+        # A view or an in-place result holds values already rounded, and must stay what it is: rounding makes a
+        # copy, and a write through it (the paged cache's index_put_ on a view) would never reach the tensor.
+        inputs = {id(a) for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)}
+        return tree_map(lambda v: v if isinstance(v, torch.Tensor) and (v._is_view() or id(v) in inputs)
+                        else _round(v, dtype), out)
 
 
 @contextlib.contextmanager

@@ -59,8 +59,10 @@ class Case:
 
     @cached_property
     def inputs(self) -> Inputs:
-        """[1, seq_len] ids: real WikiText from the start of the bundled file, or seeded random ids for toys."""
-        n = self.config.seq_len
+        return self.token_inputs(self.config.seq_len)
+
+    def token_inputs(self, n: int) -> Inputs:
+        """[1, n] ids: real WikiText from the start of the bundled file, or seeded random ids for toys."""
         if self.spec.real_text:
             ids = self.spec.load_tokenizer().encode(BUNDLED_PATH.read_text(encoding="utf-8")[: 8 * n])[:n]
             return Inputs(torch.tensor([ids], dtype=torch.int64), "wikitext-2 test, from the start")

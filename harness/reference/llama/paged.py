@@ -25,11 +25,12 @@ import torch
 from harness.reference.llama.config import LlamaConfig
 
 DEFECTS = {
-    "write_offset": "K/V written one position late",
+    "write_offset": "decode writes K/V one position late",
     "page_index": "K/V written to the next page number",
     "mask_offset": "the mask lets each query see one position ahead (the next token, or padding)",
-    "stale_read": "attention reads the cache as it was before this call's write",
+    "stale_read": "decode attends over the cache as it was before its own write",
 }
+DECODE_ONLY = ("write_offset", "stale_read")  # prefill stays right: iree-org/iree#18687's pattern
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +96,8 @@ class PagedKV:
         ([batch, kv_heads, columns * stride, head_dim]) and the additive mask [batch, 1, seq, columns *
         stride] in k's dtype."""
         layout, defect = self.layout, self.defect
+        if defect in DECODE_ONLY and self.positions.shape[1] > 1:
+            defect = None
         rows = self.cache.view(-1, layout.head_dim)
         before = rows.clone() if defect == "stale_read" else rows
         positions = self.positions + (defect == "write_offset")

@@ -1,0 +1,304 @@
+"""The serving checks: the candidate's prefill_bs{N} / decode_bs{N} programs over the paged KV cache
+(reference/llama/paged.py) driven as a server drives them, each call judged by the tolerance policy against
+eager's same call, both against the fp64 oracle's:
+
+- decode: prefill P tokens, then decode the next D one by one, teacher-forced; each step against eager's
+  step, and against the candidate's own prefill logits at that position (self-consistency: a cache bug
+  shows with no eager at all). The record holds the error profile over the steps;
+- cache_state: after prefill and after the decode steps, the K/V in the pages in use against eager's, layer
+  by layer; the pages no sequence owns (poisoned with NaN) bit for bit untouched;
+- batching: four ragged sequences padded to one batch (padding tokens random, unused pages NaN, page tables
+  interleaved), prefill then decode; each sequence against its batch-1 run and against eager;
+- chunked_prefill: a prefill in three chunks with start positions against one prefill;
+- greedy: compiled and eager generate, teacher-forced on eager's choice: the first step where their
+  choices split and eager's logit margin there; a split at a near-tie (the step's logits within the
+  policy) is reported, not failed.
+
+Every engine starts from the same cache: page 0 zeroed (sharktank's padding writes land there, and an
+uninitialised page 0 was nod-ai/shark-ai#665), pages handed out zeroed, all others NaN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from harness.candidates import Candidate, Serving
+from harness.checks import SERVING_CHECKS as CHECKS  # noqa: F401 - the suite's list
+from harness.checks import Inputs
+from harness.numerics import metrics
+from harness.numerics.tolerance import Policy, Verdict
+from harness.reference.eager import Reference
+from harness.reference.llama.paged import PagedLayout, ServingShape
+
+
+BATCH_OFFSET = 7  # batched sequence b starts at input token 7 b: overlapping text, different positions
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How much each check runs: `prefill` tokens then `steps` decode steps (decode, cache_state),
+    `lengths` of the batched sequences and their decode `batch_steps`, the `chunks` of a chunked prefill,
+    `generate` greedy tokens after a `prefill`-token prompt."""
+
+    shape: ServingShape = ServingShape()
+    prefill: int = 24  # not a multiple of the stride: decode crosses into a new page
+    steps: int = 16
+    lengths: tuple[int, ...] = (40, 17, 64, 29)
+    batch_steps: int = 4
+    chunks: tuple[int, ...] = (13, 16, 11)
+    generate: int = 32
+
+    @property
+    def tokens(self) -> int:
+        """How many input tokens the checks read."""
+        return max(self.prefill + self.steps, self.prefill + self.generate, sum(self.chunks),
+                   *(BATCH_OFFSET * b + n + self.batch_steps for b, n in enumerate(self.lengths)))
+
+
+QUICK, NIGHTLY = Plan(), Plan(ServingShape(prefill_len=128, columns=8, n_pages=48), steps=96, generate=96,
+                              lengths=(128, 33, 100, 64), batch_steps=16, chunks=(40, 57, 31))
+
+
+def allocate(layout: PagedLayout, lengths: list[int], columns: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Page tables [len(lengths), columns] for sequences of these final lengths, with pages dealt from a
+    shuffled list (never page 0; unused columns 0), and the starting cache: page 0 and the pages handed out
+    zeroed, every other page NaN."""
+    needed = [-(-n // layout.stride) for n in lengths]
+    pages = (torch.randperm(layout.n_pages - 1, generator=torch.Generator().manual_seed(seed)) + 1).tolist()
+    if sum(needed) > len(pages) or max(needed) > columns:
+        raise ValueError(f"sequences of {lengths} tokens do not fit {layout.n_pages} pages of {columns} columns")
+    table = torch.zeros(len(lengths), columns, dtype=torch.int64)
+    for b, n in enumerate(needed):
+        table[b, :n] = torch.tensor(pages[:n])
+        del pages[:n]
+    cache = torch.full((layout.n_pages, layout.page_elems), float("nan"))
+    cache[0] = 0
+    cache[table[table > 0]] = 0
+    return table, cache
+
+
+def unused_pages(layout: PagedLayout, table: torch.Tensor) -> torch.Tensor:
+    used = set(table.flatten().tolist()) | {0}
+    return torch.tensor([p for p in range(layout.n_pages) if p not in used], dtype=torch.int64)
+
+
+def pad(tokens: torch.Tensor, length: int, seed: int = 1, vocab: int = 2) -> torch.Tensor:
+    """[batch, n] -> [batch, length], padded with random ids (padding that leaks in changes the result)."""
+    padding = torch.randint(0, vocab, (tokens.shape[0], length - tokens.shape[1]),
+                            generator=torch.Generator().manual_seed(seed))
+    return torch.cat([tokens, padding], dim=1)
+
+
+class Engines:
+    """The candidate's serving program, eager's and the oracle's, driven with the same calls from the same
+    starting cache."""
+
+    def __init__(self, candidate: Candidate, reference: Reference, shape: ServingShape, cache: torch.Tensor):
+        self.compiled: Serving = candidate.serving(shape)
+        self.eager, self.oracle = reference.eager.serving(shape), reference.oracle.serving(shape)
+        self.all = (self.compiled, self.eager, self.oracle)
+        for engine in self.all:
+            engine.write_cache(cache)
+        self.vocab = reference.weights.config.vocab_size
+
+    def prefill(self, tokens, starts, lens, table, shape: ServingShape) -> list[torch.Tensor]:
+        tokens = pad(tokens, shape.prefill_len, vocab=self.vocab)
+        return [e.prefill(tokens, starts, lens, table) for e in self.all]
+
+    def decode(self, tokens, lens, starts, table) -> list[torch.Tensor]:
+        return [e.decode(tokens, lens, starts, table) for e in self.all]
+
+
+def _worst(verdicts: list[Verdict]) -> Verdict:
+    return max(verdicts, key=lambda v: v.ratio)
+
+
+def _vector(*values: int) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.int64)
+
+
+def _row(step: int, position: int, v: Verdict, consistency: Verdict | None = None) -> dict:
+    row = {"step": step, "position": position, "passed": v.passed, "ratio": v.ratio, "measure": v.measure,
+           "rmse": v.errors.get("rmse"), "eager_rmse": v.reference_errors.get("rmse"),
+           "max_abs": v.errors.get("max_abs"), "reason": v.reason}
+    if consistency is not None:
+        row.update(consistency_passed=consistency.passed, consistency_ratio=consistency.ratio,
+                   consistency_reason=consistency.reason)
+    return row
+
+
+def _teacher_forced(candidate, reference, plan: Plan, tokens: torch.Tensor) -> dict:
+    """Prefill plan.prefill tokens, decode plan.steps more; every call judged; the caches after each phase."""
+    shape, p, d = plan.shape, plan.prefill, plan.steps
+    layout = shape.layout(reference.weights.config)
+    table, start_cache = allocate(layout, [p + d], shape.columns)
+    engines = Engines(candidate, reference, shape, start_cache)
+    prefill = [out[:, :p] for out in engines.prefill(tokens[None, :p], _vector(0), _vector(p), table, shape)]
+    caches = {"prefill": [e.read_cache() for e in engines.all]}
+    steps = [engines.decode(tokens[None, q:q + 1], _vector(q + 1), _vector(q), table) for q in range(p, p + d)]
+    caches["decode"] = [e.read_cache() for e in engines.all]
+    return dict(layout=layout, table=table, start_cache=start_cache, prefill=prefill, steps=steps, caches=caches)
+
+
+def decode(candidate: Candidate, reference: Reference, inputs: Inputs, policy: Policy, plan: Plan = QUICK) -> dict:
+    tokens = inputs.tokens[0]
+    run = _teacher_forced(candidate, reference, plan, tokens)
+    p, d = plan.prefill, plan.steps
+    prefill_verdict = policy.judge(*run["prefill"])
+    # Self-consistency: the candidate's one prefill of every token, at the decoded positions.
+    whole = None
+    if p + d <= plan.shape.prefill_len:
+        layout = run["layout"]
+        table, cache = allocate(layout, [p + d], plan.shape.columns)
+        serving = candidate.serving(plan.shape)
+        serving.write_cache(cache)
+        padded = pad(tokens[None, :p + d], plan.shape.prefill_len, vocab=reference.weights.config.vocab_size)
+        whole = serving.prefill(padded, _vector(0), _vector(p + d), table)[0, p:p + d]
+    rows, verdicts = [], [prefill_verdict]
+    for j, (compiled, eager, oracle) in enumerate(run["steps"]):
+        v = policy.judge(compiled, eager, oracle)
+        c = None if whole is None else policy.judge(compiled[0, 0], whole[j], oracle[0, 0],
+                                                    reference="its own prefill")
+        verdicts += [v] + ([c] if c else [])
+        rows.append(_row(j, p + j, v, c))
+    failures = ([f"prefill of {p} tokens: {prefill_verdict.reason}"] if not prefill_verdict.passed else []) + [
+        f"decode step {r['step']} (position {r['position']}): {r['reason']}" for r in rows if not r["passed"]] + [
+        f"decode step {r['step']} (position {r['position']}) against its own prefill: {r['consistency_reason']}"
+        for r in rows if not r.get("consistency_passed", True)]
+    return dict(kind="decode", passed=not failures, failures=failures, verdict=_worst(verdicts).to_dict(),
+                prefill_verdict=prefill_verdict.to_dict(), steps=rows,
+                plan={"prefill": p, "steps": d, "self_consistency": whole is not None},
+                inputs=inputs.to_record())
+
+
+def cache_state(candidate: Candidate, reference: Reference, inputs: Inputs, policy: Policy,
+                plan: Plan = QUICK) -> dict:
+    run = _teacher_forced(candidate, reference, plan, inputs.tokens[0])
+    layout, table = run["layout"], run["table"]
+    unused = unused_pages(layout, table)
+    phases, failures = [], []
+    for phase, length in (("prefill", plan.prefill), ("decode", plan.prefill + plan.steps)):
+        compiled_cache, eager_cache, oracle_cache = run["caches"][phase]
+        kv = [layout.kv(cache, table[0], length) for cache in (compiled_cache, eager_cache, oracle_cache)]
+        layers = []
+        for layer in range(layout.n_layers):
+            for i, name in enumerate(("K", "V")):
+                v = policy.judge(kv[0][layer, i], kv[1][layer, i], kv[2][layer, i])
+                layers.append({"layer": layer, "tensor": name, "passed": v.passed, "ratio": v.ratio,
+                               "reason": v.reason})
+                if not v.passed:
+                    failures.append(f"after {phase}: layer {layer} {name}: {v.reason}")
+        before = run["start_cache"][unused].to(compiled_cache.dtype).view(torch.uint8)
+        touched = [int(p) for p, a, b in zip(unused, before, compiled_cache[unused].view(torch.uint8))
+                   if not torch.equal(a, b)]
+        if touched:
+            failures.append(f"after {phase}: pages no sequence owns were written: {touched[:8]}")
+        phases.append({"phase": phase, "positions": length, "layers": layers, "untouched_pages": len(unused),
+                       "touched_pages": touched})
+    return dict(kind="cache_state", passed=not failures, failures=failures, phases=phases,
+                page_table=table[0].tolist(), inputs=inputs.to_record())
+
+
+def batching(candidate: Candidate, reference: Reference, inputs: Inputs, policy: Policy,
+             plan: Plan = QUICK) -> dict:
+    shape, lengths, steps = plan.shape, list(plan.lengths), plan.batch_steps
+    layout = shape.layout(reference.weights.config)
+    total = [n + steps for n in lengths]
+    table, cache = allocate(layout, total, shape.columns)
+    tokens = inputs.tokens[0]
+    seqs = [tokens[BATCH_OFFSET * b: BATCH_OFFSET * b + n] for b, n in enumerate(total)]
+    batched = candidate.serving(shape)
+    batched.write_cache(cache)
+    n = len(lengths)
+    prompt = torch.stack([pad(s[None, :length], shape.prefill_len, seed=b, vocab=reference.weights.config.vocab_size)[0]
+                          for b, (s, length) in enumerate(zip(seqs, lengths))])
+    out = batched.prefill(prompt, torch.zeros(n, dtype=torch.int64), torch.tensor(lengths), table)
+    batch_logits = [[out[b, :length]] for b, length in enumerate(lengths)]
+    for j in range(steps):
+        positions = torch.tensor([length + j for length in lengths])
+        step = batched.decode(torch.stack([s[q:q + 1] for s, q in zip(seqs, positions.tolist())]), positions + 1,
+                              positions, table)
+        for b in range(n):
+            batch_logits[b].append(step[b])
+    rows, failures = [], []
+    for b, (seq, length) in enumerate(zip(seqs, lengths)):
+        single_table, single_cache = table[b:b + 1], cache.clone()
+        engines = Engines(candidate, reference, shape, single_cache)
+        alone = [[x[0, :length]] for x in engines.prefill(seq[None, :length], _vector(0), _vector(length),
+                                                         single_table, shape)]
+        for q in range(length, length + steps):
+            for k, x in enumerate(engines.decode(seq[None, q:q + 1], _vector(q + 1), _vector(q), single_table)):
+                alone[k].append(x[0])
+        compiled, single, eager, oracle = (torch.cat(x) for x in (batch_logits[b], *alone))
+        v_eager = policy.judge(compiled, eager, oracle)
+        v_single = policy.judge(compiled, single, oracle, reference="its batch-1 run")
+        rows.append({"sequence": b, "length": length, "decode_steps": steps, "passed": v_eager.passed and v_single.passed,
+                     "ratio_vs_eager": v_eager.ratio, "ratio_vs_batch1": v_single.ratio,
+                     "max_abs_vs_batch1": metrics.max_abs(compiled, single),
+                     "bitwise_equal_batch1": bool(torch.equal(compiled, single))})
+        failures += [f"sequence {b} (length {length}): {v.reason}" for v in (v_eager, v_single) if not v.passed]
+    return dict(kind="batching", passed=not failures, failures=failures, sequences=rows,
+                page_table=table.tolist(), inputs=inputs.to_record())
+
+
+def chunked_prefill(candidate: Candidate, reference: Reference, inputs: Inputs, policy: Policy,
+                    plan: Plan = QUICK) -> dict:
+    shape, chunks = plan.shape, plan.chunks
+    total = sum(chunks)
+    layout = shape.layout(reference.weights.config)
+    table, cache = allocate(layout, [total], shape.columns)
+    tokens = inputs.tokens[0, :total]
+    chunked = Engines(candidate, reference, shape, cache)
+    pieces, start = [], 0
+    for n in chunks:
+        pieces.append([x[0, :n] for x in chunked.prefill(tokens[None, start:start + n], _vector(start),
+                                                        _vector(start + n), table, shape)])
+        start += n
+    compiled, eager, oracle = (torch.cat(x) for x in zip(*pieces))
+    whole = candidate.serving(shape)
+    whole.write_cache(cache)
+    one = whole.prefill(pad(tokens[None], shape.prefill_len, vocab=reference.weights.config.vocab_size),
+                        _vector(0), _vector(total), table)[0, :total]
+    v_eager = policy.judge(compiled, eager, oracle)
+    v_whole = policy.judge(compiled, one, oracle, reference="its one-chunk prefill")
+    verdicts = (v_eager, v_whole)
+    failures = [f"chunks {list(chunks)} against {what}: {v.reason}"
+                for what, v in (("eager's", v_eager), ("one prefill", v_whole)) if not v.passed]
+    return dict(kind="chunked_prefill", passed=not failures, failures=failures, chunks=list(chunks),
+                verdict=_worst(verdicts).to_dict(), verdict_vs_eager=v_eager.to_dict(),
+                verdict_vs_one_prefill=v_whole.to_dict(), max_abs_vs_one_prefill=metrics.max_abs(compiled, one),
+                inputs=inputs.to_record())
+
+
+def greedy(candidate: Candidate, reference: Reference, inputs: Inputs, policy: Policy, plan: Plan = QUICK) -> dict:
+    shape, p, g = plan.shape, plan.prefill, plan.generate
+    layout = shape.layout(reference.weights.config)
+    table, cache = allocate(layout, [p + g], shape.columns)
+    engines = Engines(candidate, reference, shape, cache)
+    logits = [x[0, p - 1] for x in engines.prefill(inputs.tokens[:, :p], _vector(0), _vector(p), table, shape)]
+    generated, rows, split = [], [], None
+    for j in range(g):
+        v = policy.judge(*logits)
+        compiled, eager = (int(x.argmax()) for x in logits[:2])
+        top2 = logits[1].topk(2).values
+        rows.append(_row(j, p + j, v) | {"eager_token": eager, "compiled_token": compiled})
+        if compiled != eager:
+            split = {"step": j, "position": p + j, "eager_token": eager, "compiled_token": compiled,
+                     "eager_margin": float(top2[0] - top2[1]),
+                     "eager_gap_to_compiled_choice": float(logits[1][eager] - logits[1][compiled]),
+                     "near_tie": v.passed}
+            break
+        generated.append(eager)
+        if j + 1 < g:
+            q = p + j
+            logits = [x[0, 0] for x in engines.decode(_vector(eager)[None], _vector(q + 1), _vector(q), table)]
+    failures = [f"step {r['step']} (position {r['position']}): {r['reason']}" for r in rows if not r["passed"]]
+    if split and not split["near_tie"]:
+        failures.append(f"generation split at step {split['step']}: compiled chose {split['compiled_token']}, "
+                        f"eager {split['eager_token']} by a margin of {split['eager_margin']:.3g}")
+    tokenizer = reference.tokenizer() if reference.tokenizer else None
+    return dict(kind="greedy", passed=not failures, failures=failures, generated=generated, split=split, steps=rows,
+                text=tokenizer.decode(generated) if tokenizer else None,
+                verdict=max(rows, key=lambda r: r["ratio"]), inputs=inputs.to_record())

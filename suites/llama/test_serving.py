@@ -1,0 +1,44 @@
+"""The serving path: the prefill_bs{N} / decode_bs{N} programs over a paged KV cache, driven as a server
+drives them (harness/checks/serving.py says what each check does). Each test is one check, judged by the same
+tolerance policy as the end-to-end check; --nightly runs longer decodes, batches and generations."""
+
+import pytest
+
+from harness.checks import serving
+
+
+def serve(check, case, write_record, conclude, nightly: bool) -> None:
+    config = case.config
+    if config.tp > 1:  # in the report, not only in pytest's output
+        reason = f"{check.__name__}: the serving programs are exported at TP 1 only (the paged cache is not sharded yet)"
+        write_record({"kind": "skipped", "config": config.id, "check": check.__name__, "reason": reason})
+        pytest.skip(reason)
+    plan = serving.NIGHTLY if nightly else serving.QUICK
+    rec = conclude.attempt(lambda: case.run(check, inputs=case.token_inputs(plan.tokens), plan=plan))
+    write_record(rec)
+    conclude([("numerics", message) for message in rec["failures"]])
+
+
+@pytest.fixture
+def nightly(pytestconfig) -> bool:
+    return pytestconfig.getoption("nightly")
+
+
+def test_decode(case, write_record, conclude, nightly):
+    serve(serving.decode, case, write_record, conclude, nightly)
+
+
+def test_cache_state(case, write_record, conclude, nightly):
+    serve(serving.cache_state, case, write_record, conclude, nightly)
+
+
+def test_batching(case, write_record, conclude, nightly):
+    serve(serving.batching, case, write_record, conclude, nightly)
+
+
+def test_chunked_prefill(case, write_record, conclude, nightly):
+    serve(serving.chunked_prefill, case, write_record, conclude, nightly)
+
+
+def test_greedy(case, write_record, conclude, nightly):
+    serve(serving.greedy, case, write_record, conclude, nightly)
