@@ -1,0 +1,51 @@
+"""Each serving defect (reference/llama/paged.py's DEFECTS), planted in the compiled program only at one
+layer, fails the check named for it, in the phase and step where it lives; eager and the oracle stay clean.
+(The clean toy and SmolLM2 pass every serving check in suites/llama/test_serving.py.)"""
+
+import pytest
+
+from harness.checks import serving
+from harness.run.case import Case
+from harness.run.config import RunConfig
+from harness.transforms.faults import paged_fault
+
+LAYER = 1
+
+
+def run(defect: str, check):
+    case = Case(RunConfig("toy-tp8", "fp32"), fault=paged_fault(LAYER, defect))
+    return case.run(check, inputs=case.token_inputs(serving.QUICK.tokens))
+
+
+def test_decode_writing_one_position_late_leaves_prefill_right_and_breaks_the_decoded_cache():
+    decode = run("write_offset", serving.decode)
+    assert decode["prefill_verdict"]["passed"] and not decode["passed"]
+    assert not decode["steps"][0]["passed"]  # the first step already attends to a slot it never wrote
+    cache = run("write_offset", serving.cache_state)
+    prefill, after_decode = cache["phases"]
+    assert all(r["passed"] for r in prefill["layers"])
+    assert not any(r["passed"] for r in after_decode["layers"] if r["layer"] == LAYER)
+    assert all(r["passed"] for r in after_decode["layers"] if r["layer"] < LAYER)
+
+
+def test_a_wrong_page_index_writes_pages_no_sequence_owns():
+    cache = run("page_index", serving.cache_state)
+    assert not cache["passed"]
+    assert cache["phases"][0]["touched_pages"], "the write to an unowned page went unseen"
+
+
+def test_a_mask_that_lets_padding_in_fails_batching():
+    rec = run("mask_offset", serving.batching)
+    assert not rec["passed"] and all(not s["passed"] for s in rec["sequences"])
+
+
+def test_decode_attending_to_the_stale_cache_fails_decode_at_its_first_step():
+    rec = run("stale_read", serving.decode)
+    assert rec["prefill_verdict"]["passed"]
+    assert not rec["steps"][0]["passed"] and not rec["steps"][0]["consistency_passed"]
+    assert rec["failures"][0].startswith("decode step 0 (position 24)")
+
+
+def test_unknown_defect_is_refused():
+    with pytest.raises(ValueError, match="choose from"):
+        paged_fault(0, "off_by_two")
