@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from harness.checks import SERVING_CHECKS
 from harness.reporting import records
 
 MARK = {"passed": "✅", "failed": "❌", "skipped": "➖", "expected": "⚠️"}
@@ -46,6 +47,41 @@ def end_to_end_table(recs: list[dict]) -> tuple[list[str], list[list]]:
                      f"{sum(s['seconds'] for s in stages.values()):.1f}s"])
     return (["Configuration", "TP", "Export", "Compile", "Run", "Numerics vs eager", "Compiled TP N vs compiled TP 1",
              "Time"], sorted(rows))
+
+
+def _serving_cell(rec: dict | None) -> str:
+    if rec is None:
+        return MARK["skipped"]
+    if "failure" in rec:
+        return f"{MARK['failed']} {rec['failure']['message'].splitlines()[0]}"
+    mark = MARK["passed" if rec["passed"] else "failed"]
+    kind = rec["kind"]
+    if kind == "decode":
+        return f"{mark} {len(rec['steps'])} steps, worst {max(r['ratio'] for r in rec['steps']):.2f} of budget"
+    if kind == "cache_state":
+        worst = max(r["ratio"] for p in rec["phases"] for r in p["layers"])
+        touched = sum(len(p["touched_pages"]) for p in rec["phases"])
+        return f"{mark} K/V worst {worst:.2f}, {touched} unowned pages written"
+    if kind == "batching":
+        seqs = rec["sequences"]
+        exact = "bitwise" if all(r["bitwise_equal_batch1"] for r in seqs) else \
+            f"max abs {max(r['max_abs_vs_batch1'] for r in seqs):.2g}"
+        return f"{mark} vs batch 1: {exact}, worst {max(r['ratio_vs_batch1'] for r in seqs):.2f} of budget"
+    if kind == "chunked_prefill":
+        return f"{mark} {rec['chunks']}: {rec['verdict']['ratio']:.2f} of budget"
+    split = rec["split"]
+    return (f"{mark} {len(rec['generated'])} tokens agree" if split is None else
+            f"{mark} split at step {split['step']} (eager margin {split['eager_margin']:.2g}"
+            f"{', near-tie' if split['near_tie'] else ''})")
+
+
+def serving_table(recs: list[dict]) -> tuple[list[str], list[list]]:
+    by_config: dict[str, dict] = {}
+    for rec in recs:
+        if rec["kind"] in SERVING_CHECKS:
+            by_config.setdefault(rec["config"], {})[rec["kind"]] = rec
+    rows = [[config, *(_serving_cell(checks.get(c)) for c in SERVING_CHECKS)] for config, checks in by_config.items()]
+    return ["Configuration", *SERVING_CHECKS], sorted(rows)
 
 
 def _worst(parts: list[dict], mode: str) -> str:
@@ -162,6 +198,8 @@ def sections(recs: list[dict]) -> list[tuple[str, tuple[list[str], list[list]]]]
            ("End to end: IREE-compiled vs eager PyTorch (same dtype), judged against an fp64 oracle",
             end_to_end_table(recs)),
            ("Layer by layer (error / budget; isolated: eager inputs, propagated: compiled chain)", layers_table(recs)),
+           ("Serving: prefill / decode over the paged KV cache (error / budget; checks/serving.py)",
+            serving_table(recs)),
            ("WikiText-2 perplexity (PPL ± standard error; eager and IREE on the same windows)", perplexity_table(recs)),
            ("Bisection", bisect_table(recs)),
            ("Known failures", known_failures_table(recs))]
