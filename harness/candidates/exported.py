@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.candidates.programs import forward_entries, layer_entries, serving_entries
+from harness.candidates.programs import forward_entries, layer_entries, serving_entries, serving_layer_entries
 from harness.common.cache import digest
 from harness.common.errors import HarnessError
 from harness.common.stages import Stages
@@ -74,12 +74,16 @@ class CompiledParts:
         return self._call("head", h.float())[0]
 
     def reproducer(self, function: str, inputs: list[np.ndarray], directory: Path) -> str:
-        """An iree-run-module command running `function` on `inputs`, saved as .npy files in `directory`."""
-        directory.mkdir(parents=True, exist_ok=True)
-        paths = [directory / f"{function}_input{i if len(inputs) > 1 else ''}.npy" for i in range(len(inputs))]
-        for path, array in zip(paths, inputs):
-            np.save(path, array)
-        return self.module.reproducer(function, paths)
+        return save_reproducer(self.module, function, inputs, directory)
+
+
+def save_reproducer(module: CompiledModule, function: str, inputs: list[np.ndarray], directory: Path) -> str:
+    """An iree-run-module command running `function` on `inputs`, saved as .npy files in `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [directory / f"{function}_input{i if len(inputs) > 1 else ''}.npy" for i in range(len(inputs))]
+    for path, array in zip(paths, inputs):
+        np.save(path, array)
+    return module.reproducer(function, paths)
 
 
 class CompiledServing:
@@ -99,6 +103,17 @@ class CompiledServing:
 
     def decode(self, tokens, seq_lens, start_positions, page_table):
         return self._call(f"decode_bs{tokens.shape[0]}", tokens, seq_lens, start_positions, page_table)
+
+    def decode_layer(self, i: int, h, seq_lens, start_positions, page_table):
+        """Layer i of a decode step ("serving_layers" program): its output and sub-blocks' outputs."""
+        self.last_call = (f"decode_layer_{i}", [h.float().numpy(), seq_lens.numpy(), start_positions.numpy(),
+                                                page_table.numpy(), self.cache.to_host().copy()])
+        out, *taps = (torch.from_numpy(o) for o in self.module(self.last_call[0], *self.last_call[1][:4], self.cache))
+        return out, dict(zip(SUB_BLOCKS, taps))
+
+    def reproducer(self, directory: Path) -> str:
+        """iree-run-module on the last decode_layer call's inputs (the cache as it was before the call)."""
+        return save_reproducer(self.module, *self.last_call, directory)
 
     def read_cache(self) -> torch.Tensor:
         return torch.from_numpy(self.cache.to_host().copy())
@@ -147,6 +162,7 @@ class ExportedCandidate:
             tokens = torch.zeros(1, seq_len, dtype=torch.int64)
             entries = (forward_entries(tokens, first) if program == "forward"
                        else serving_entries(model, serving) if program == "serving"
+                       else serving_layer_entries(model, serving) if program == "serving_layers"
                        else layer_entries(tokens, config.n_layers, config.dim))
             code = source_digest()
             fault = self.fault
@@ -159,9 +175,9 @@ class ExportedCandidate:
             params_key = digest(code, self.variant.weights.sha256, dtype, str(tp), weight_fault, str(versions()))
             with self.stages.timed("export", stage_label) as st:
                 exported = export_program(model, entries, program_key, params_key, self.command,
-                                          mutates_inputs=program == "serving")
+                                          mutates_inputs=program.startswith("serving"))
                 st.seconds, st.cached = exported.seconds, exported.cached
-            flags = self.target.compile_flags(tp, program)
+            flags = self.target.compile_flags(tp, program.split("_")[0])
             with self.stages.timed("compile", stage_label) as st:
                 vmfb, st.seconds, st.cached = compile_module(exported.mlir, flags)
             with self.stages.timed("run", stage_label):
@@ -175,10 +191,11 @@ class ExportedCandidate:
     def layers(self, seq_len: int | None = None) -> CompiledParts:
         return CompiledParts(self.module("layers", seq_len), self.variant.weights.config.n_layers)
 
-    def serving(self, shape: ServingShape) -> CompiledServing:
+    def serving(self, shape: ServingShape, program: str = "serving") -> CompiledServing:
+        """The "serving" program (prefill_bs{N}, decode_bs{N}) or "serving_layers" (decode_layer_<i>)."""
         if self.tp > 1:
             raise HarnessError(f"--tp {self.tp}: the serving programs are exported at TP 1 only so far "
                                "(the paged cache is not sharded yet)")
         config = self.variant.weights.config
-        module = self.module("serving", serving=shape)
+        module = self.module(program, serving=shape)
         return CompiledServing(module, shape, shape.layout(config), self.variant.torch_dtype)

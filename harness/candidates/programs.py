@@ -10,6 +10,8 @@
   `prefill_bs{N}(tokens[N,S], start_pos[N], seq_lens[N], seq_block_ids[N,C], cache[P,E]) -> logits[N,S,V]`,
   `decode_bs{N}(tokens[N,1], seq_lens[N], start_positions[N], seq_block_ids[N,C], cache) -> logits[N,1,V]`,
   the cache updated in place (reference/llama/paged.py).
+- "serving_layers": `decode_layer_<i>(h[1,1,D], seq_lens, start_positions, seq_block_ids, cache)` -> h and
+  every sub-block's output: one decoder layer of a decode step, for bisection through decode.
 
 Activations cross the program boundary in fp32 and are cast to the model's dtype inside: the cast of a
 dtype-valued fp32 tensor is exact, and the runtime cannot hand bf16 buffers to numpy.
@@ -83,3 +85,21 @@ def serving_entries(model: Llama, shape: ServingShape) -> list[Entry]:
         entries += [Entry(f"prefill_bs{n}", _serving(shape, False), (tokens, starts, lens, table, cache)),
                     Entry(f"decode_bs{n}", _serving(shape, True), (tokens[:, :1], lens, starts, table, cache))]
     return entries
+
+
+def _decode_layer(index: int, shape: ServingShape):
+    def layer(model: Llama, h, seq_lens, start_positions, page_table, cache):
+        taps = {}
+        out = model.paged_layer(index, h.to(_dtype(model)), start_positions, seq_lens, page_table, cache,
+                                shape.layout(model.config), taps)
+        return (out.float(), *(taps[name].float() for name in SUB_BLOCKS))
+    return layer
+
+
+def serving_layer_entries(model: Llama, shape: ServingShape) -> list[Entry]:
+    layout = shape.layout(model.config)
+    cache = torch.zeros(layout.n_pages, layout.page_elems, dtype=cache_dtype(_dtype(model)))
+    h = torch.zeros(1, 1, model.config.dim)
+    args = (h, torch.ones(1, dtype=torch.int64), torch.zeros(1, dtype=torch.int64),
+            torch.zeros(1, shape.columns, dtype=torch.int64), cache)
+    return [Entry(f"decode_layer_{i}", _decode_layer(i, shape), args) for i in range(model.config.n_layers)]

@@ -12,7 +12,8 @@ eager's same call, both against the fp64 oracle's:
 - chunked_prefill: a prefill in three chunks with start positions against one prefill;
 - greedy: compiled and eager generate, teacher-forced on eager's choice: the first step where their
   choices split and eager's logit margin there; a split at a near-tie (the step's logits within the
-  policy) is reported, not failed.
+  policy) is reported, not failed;
+- bisect_decode: a failing decode localised to its step, layer and sub-block, with a reproducer.
 
 Every engine starts from the same cache: page 0 zeroed (sharktank's padding writes land there, and an
 uninitialised page 0 was nod-ai/shark-ai#665), pages handed out zeroed, all others NaN.
@@ -21,12 +22,15 @@ uninitialised page 0 was nod-ai/shark-ai#665), pages handed out zeroed, all othe
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import torch
 
 from harness.candidates import Candidate, Serving
 from harness.checks import SERVING_CHECKS as CHECKS  # noqa: F401 - the suite's list
 from harness.checks import Inputs
+from harness.checks.bisect import first_propagating_failure
+from harness.checks.layers import Part
 from harness.numerics import metrics
 from harness.numerics.tolerance import Policy, Verdict
 from harness.reference.eager import Reference
@@ -302,3 +306,52 @@ def greedy(candidate: Candidate, reference: Reference, inputs: Inputs, policy: P
     return dict(kind="greedy", passed=not failures, failures=failures, generated=generated, split=split, steps=rows,
                 text=tokenizer.decode(generated) if tokenizer else None,
                 verdict=max(rows, key=lambda r: r["ratio"]), inputs=inputs.to_record())
+
+
+def bisect_decode(candidate: Candidate, reference: Reference, inputs: Inputs, policy: Policy, plan: Plan = QUICK,
+                  artifacts: Path | None = None) -> dict:
+    """A failing decode localised: the first decode step over budget (against eager or its own prefill), then
+    the first decoder layer of that step whose compiled output, on eager's input and eager's cache, is over
+    budget, and the sub-block inside it (bisect.first_propagating_failure), with a reproducer of that layer's
+    call. One "serving_layers" program (decode_layer_<i>) serves every layer."""
+    found = decode(candidate, reference, inputs, policy, plan)
+    step = next((r["step"] for r in found["steps"] if not (r["passed"] and r.get("consistency_passed", True))), None)
+    if step is None:
+        return dict(kind="bisect_decode", diverged=False, step=None, layer=None, sub_block=None, layers=[])
+    shape, p, tokens = plan.shape, plan.prefill, inputs.tokens[0]
+    layout = shape.layout(reference.weights.config)
+    table, cache = allocate(layout, [p + plan.steps], shape.columns)
+    eager, oracle = reference.eager.serving(shape), reference.oracle.serving(shape)
+    for engine in (eager, oracle):  # eager's history up to the step; the oracle only needs the model
+        engine.write_cache(cache)
+    eager.prefill(pad(tokens[None, :p], shape.prefill_len, vocab=reference.weights.config.vocab_size), _vector(0),
+                  _vector(p), table)
+    q = p + step
+    for position in range(p, q):
+        eager.decode(tokens[None, position:position + 1], _vector(position + 1), _vector(position), table)
+    compiled = candidate.serving(shape, "serving_layers")
+    args = (_vector(q + 1), _vector(q), table)
+    h = eager.embed(tokens[None, q:q + 1])
+    layers, first, sub_blocks = [], None, []
+    for i in range(layout.n_layers):
+        state = eager.read_cache()  # what layer i of the step reads: eager's cache, with earlier layers' writes
+        compiled.write_cache(state)
+        oracle.write_cache(state)
+        out_c, taps_c = compiled.decode_layer(i, h, *args)
+        out_o, taps_o = oracle.decode_layer(i, h, *args)
+        out_e, taps_e = eager.decode_layer(i, h, *args)
+        verdict = policy.judge(out_c, out_e, out_o, isolated=True)
+        layers.append(Part(f"layer_{i}", "isolated", verdict).row())
+        if not verdict.passed or any(not policy.judge(taps_c[n], taps_e[n], taps_o[n], isolated=True).passed
+                                     for n in taps_c):
+            first = i
+            sub_blocks = [Part(n, "isolated", policy.judge(taps_c[n], taps_e[n], taps_o[n], isolated=True))
+                          for n in taps_c]
+            break
+        h = out_e
+    culprit = first_propagating_failure(sub_blocks)
+    reproducer = compiled.reproducer(artifacts) if first is not None and artifacts is not None else None
+    return dict(kind="bisect_decode", diverged=True, step=step, position=q,
+                layer=None if first is None else f"layer_{first}", sub_block=culprit.name if culprit else None,
+                layers=layers, sub_blocks=[s.row() for s in sub_blocks], reproducer=reproducer,
+                decode_failure=found["failures"][0])

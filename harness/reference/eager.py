@@ -115,6 +115,20 @@ class EagerServing:
     def decode(self, tokens, seq_lens, start_positions, page_table):
         return self.prefill(tokens, start_positions, seq_lens, page_table)
 
+    @torch.no_grad()
+    def embed(self, tokens):
+        with self.eager.precision():
+            return as_result(self.eager.model.embed(tokens))
+
+    @torch.no_grad()
+    def decode_layer(self, i: int, h, seq_lens, start_positions, page_table):
+        """Layer i of a decode step on input `h` [N, 1, dim]: its output and its sub-blocks' outputs."""
+        taps, model = {}, self.eager.model
+        with self.eager.precision():
+            out = model.paged_layer(i, h.to(model.embed_tokens.weight.dtype), start_positions, seq_lens, page_table,
+                                    self.cache, self.layout, taps)
+        return as_result(out), {k: as_result(v) for k, v in taps.items()}
+
     def read_cache(self) -> torch.Tensor:
         return self.cache.clone()
 

@@ -202,11 +202,16 @@ class Llama(nn.Module):
         """One serving call over the paged cache (paged.py), updated in place: `tokens` [batch, seq] at
         positions start_positions[b].., each sequence `seq_lens[b]` long after the call (the rest of its row
         is padding) -> logits [batch, seq, vocab]. Prefill (start 0), chunked prefill and decode (seq 1)."""
-        positions = start_positions[:, None] + torch.arange(tokens.shape[1])
-        cos, sin = rope_at(self.config, positions, self.embed_tokens.weight.dtype)
-        cos, sin = cos[:, None], sin[:, None]  # over the heads
         h = self.embed(tokens)
-        for i, layer in enumerate(self.layers):
-            h = layer(h, cos, sin, kv=PagedKV(cache, layout, i, positions, seq_lens, page_table,
-                                             self.paged_defects.get(i)))
+        for i in range(len(self.layers)):
+            h = self.paged_layer(i, h, start_positions, seq_lens, page_table, cache, layout)
         return self.head(h)
+
+    def paged_layer(self, i: int, h: torch.Tensor, start_positions: torch.Tensor, seq_lens: torch.Tensor,
+                    page_table: torch.Tensor, cache: torch.Tensor, layout: PagedLayout,
+                    taps: dict | None = None) -> torch.Tensor:
+        """Decoder layer i of a serving call (`paged`), on its input `h` [batch, seq, dim]."""
+        positions = start_positions[:, None] + torch.arange(h.shape[1])
+        cos, sin = rope_at(self.config, positions, self.embed_tokens.weight.dtype)
+        kv = PagedKV(cache, layout, i, positions, seq_lens, page_table, self.paged_defects.get(i))
+        return self.layers[i](h, cos[:, None], sin[:, None], taps, kv)  # cos, sin broadcast over the heads
