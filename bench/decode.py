@@ -16,6 +16,7 @@ import time
 import warnings
 
 import torch
+from prefill import _timed  # bench/ is the script's directory, so on sys.path
 from tabulate import tabulate
 
 
@@ -25,12 +26,6 @@ def bandwidth_gbs(mib: int = 512, repeats: int = 5) -> float:
     dst.copy_(src)  # warm up
     best = min(_timed(lambda: dst.copy_(src)) for _ in range(repeats))
     return 2 * src.numel() * 4 / best / 1e9
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main() -> None:

@@ -9,9 +9,11 @@ import sys
 
 import pytest
 
+from harness.checks import SERVING_CHECKS
 from harness.reporting import records
 
 TOY = ["--model", "toy-gqa", "--dtype", "fp32"]
+SERVING = set(SERVING_CHECKS)
 
 
 @pytest.mark.parametrize("args, kinds, plots", [
@@ -21,9 +23,9 @@ TOY = ["--model", "toy-gqa", "--dtype", "fp32"]
     (["suites/llama", "-k", "layers", *TOY], {"layers"}, 1),
     (["suites/llama", "-k", "end_to_end", *TOY], {"end_to_end"}, 0),
     (["suites/llama", "-k", "perplexity", "--model", "smollm2-135m", "--dtype", "fp32"], {"perplexity"}, 0),
-    (["suites/llama", "--model", "toy-gqa", "--dtype", "q8_0"], {"end_to_end", "layers", "skipped"}, 1),
+    (["suites/llama", "--model", "toy-gqa", "--dtype", "q8_0"], {"end_to_end", "layers", "skipped", *SERVING}, 1),
     (["suites/llama", "-n", "2", "--model", "toy-gqa", "--dtype", "fp32,fp16", "-k", "not perplexity"],
-     {"end_to_end", "layers"}, 2),
+     {"end_to_end", "layers", *SERVING}, 2),
 ], ids=["end_to_end-file", "layers-file", "perplexity-file", "k-layers", "k-end_to_end", "k-perplexity",
         "quantized", "xdist"])
 def test_check_alone_writes_its_report(args, kinds, plots, tmp_path):
