@@ -4,6 +4,8 @@ layer, fails the check named for it, in the phase and step where it lives; eager
 
 import pytest
 
+from harness.candidates.eager import EagerCandidate
+from harness.checks import SERVING_CHECKS as CHECKS
 from harness.checks import serving
 from harness.run.case import Case
 from harness.run.config import RunConfig
@@ -49,3 +51,14 @@ def test_decode_attending_to_the_stale_cache_fails_decode_at_its_first_step():
 def test_unknown_defect_is_refused():
     with pytest.raises(ValueError, match="choose from"):
         paged_fault(0, "off_by_two")
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_eager_judged_as_the_candidate_passes_every_serving_check(dtype):
+    """The checks' own bookkeeping (page tables, padding, poisoning, positions) raises nothing on a candidate
+    that computes exactly what the reference does."""
+    case = Case(RunConfig("toy-tp8", dtype))
+    candidate, inputs = EagerCandidate(case.reference.eager), case.token_inputs(serving.QUICK.tokens)
+    for check in CHECKS:
+        rec = getattr(serving, check)(candidate, case.reference, inputs, case.policy)
+        assert rec["passed"], (check, rec["failures"])

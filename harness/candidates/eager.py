@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 from harness.common.stages import Stages
-from harness.reference.eager import EagerModel, EagerParts
+from harness.reference.eager import EagerModel, EagerParts, EagerServing
+from harness.reference.llama.paged import ServingShape
 
 
 class EagerCandidate:
-    programs = ("forward", "layers")
+    programs = ("forward", "layers", "serving")
 
     def __init__(self, model: EagerModel):
         self.model, self.name, self.stages = model, model.name, Stages()
@@ -22,3 +23,6 @@ class EagerCandidate:
 
     def layers(self, seq_len: int) -> EagerParts:
         return self.model.parts()
+
+    def serving(self, shape: ServingShape) -> EagerServing:
+        return self.model.serving(shape)
