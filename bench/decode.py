@@ -66,7 +66,7 @@ def main() -> None:
             rates = {}
             for name, engine in engines.items():
                 engine.write_cache(cache)
-                engine.prefill(pad(seqs[:, :args.prefill], shape.prefill_len), torch.zeros(batch, dtype=torch.int64),
+                engine.prefill(pad(seqs[:, :args.prefill], shape.prefill_len, config.vocab_size), torch.zeros(batch, dtype=torch.int64),
                                torch.full((batch,), args.prefill), table)
                 start = time.perf_counter()
                 for q in range(args.prefill, total):

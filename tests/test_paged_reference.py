@@ -18,7 +18,7 @@ PREFILL, STEPS = 21, 19  # decode crosses a page boundary at 32
 
 def paged_logits(serving, tokens, table):
     n = PREFILL + STEPS
-    out = [serving.prefill(pad(tokens[:, :PREFILL], SHAPE.prefill_len), torch.tensor([0]), torch.tensor([PREFILL]),
+    out = [serving.prefill(pad(tokens[:, :PREFILL], SHAPE.prefill_len, vocab=2), torch.tensor([0]), torch.tensor([PREFILL]),
                            table)[0, :PREFILL]]
     for q in range(PREFILL, n):
         out.append(serving.decode(tokens[:, q:q + 1], torch.tensor([q + 1]), torch.tensor([q]), table)[0])

@@ -41,6 +41,17 @@ def test_a_mask_that_lets_padding_in_fails_batching():
     assert not rec["passed"] and all(not s["passed"] for s in rec["sequences"])
 
 
+def test_a_mask_one_position_ahead_fails_chunked_prefill_against_eager():
+    rec = run("mask_offset", serving.chunked_prefill)
+    assert not rec["passed"] and not rec["verdict_vs_eager"]["passed"]
+
+
+def test_a_stale_decode_fails_greedy_at_a_step_over_budget_not_as_a_near_tie():
+    rec = run("stale_read", serving.greedy)
+    assert not rec["passed"] and not rec["steps"][-1]["passed"]
+    assert rec["split"] is None or not rec["split"]["near_tie"]
+
+
 def test_decode_attending_to_the_stale_cache_fails_decode_at_its_first_step():
     rec = run("stale_read", serving.decode)
     assert rec["prefill_verdict"]["passed"]

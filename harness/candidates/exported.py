@@ -106,20 +106,21 @@ class CompiledServing:
 
     def decode_layer(self, i: int, h, seq_lens, start_positions, page_table):
         """Layer i of a decode step ("serving_layers" program): its output and sub-blocks' outputs."""
-        self.last_call = (f"decode_layer_{i}", [h.float().numpy(), seq_lens.numpy(), start_positions.numpy(),
-                                                page_table.numpy(), self.cache.to_host().copy()])
-        out, *taps = (torch.from_numpy(o) for o in self.module(self.last_call[0], *self.last_call[1][:4], self.cache))
+        inputs = [h.float().numpy(), seq_lens.numpy(), start_positions.numpy(), page_table.numpy()]
+        self.last_call = (f"decode_layer_{i}", [*inputs, self.written])  # the cache as the call found it
+        out, *taps = (torch.from_numpy(o) for o in self.module(self.last_call[0], *inputs, self.cache))
         return out, dict(zip(SUB_BLOCKS, taps))
 
     def reproducer(self, directory: Path) -> str:
-        """iree-run-module on the last decode_layer call's inputs (the cache as it was before the call)."""
+        """iree-run-module on the last decode_layer call's inputs (bisection writes the cache before each call)."""
         return save_reproducer(self.module, *self.last_call, directory)
 
     def read_cache(self) -> torch.Tensor:
         return torch.from_numpy(self.cache.to_host().copy())
 
     def write_cache(self, cache: torch.Tensor) -> None:
-        self.cache = self.module.device_array(cache.to(self.cache_dtype).numpy())
+        self.written = cache.to(self.cache_dtype).numpy()
+        self.cache = self.module.device_array(self.written)
 
 
 class ExportedCandidate:

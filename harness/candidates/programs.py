@@ -63,7 +63,6 @@ def layer_entries(tokens: torch.Tensor, n_layers: int, dim: int) -> list[Entry]:
             + [Entry("head", _head, (h,))])
 
 
-
 def _serving(shape: ServingShape, decode: bool):
     def prefill(model: Llama, tokens, start_positions, seq_lens, page_table, cache):
         layout = shape.layout(model.config)

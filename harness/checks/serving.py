@@ -88,7 +88,7 @@ def unused_pages(layout: PagedLayout, table: torch.Tensor) -> torch.Tensor:
     return torch.tensor([p for p in range(layout.n_pages) if p not in used], dtype=torch.int64)
 
 
-def pad(tokens: torch.Tensor, length: int, seed: int = 1, vocab: int = 2) -> torch.Tensor:
+def pad(tokens: torch.Tensor, length: int, vocab: int, seed: int = 1) -> torch.Tensor:
     """[batch, n] -> [batch, length], padded with random ids (padding that leaks in changes the result)."""
     padding = torch.randint(0, vocab, (tokens.shape[0], length - tokens.shape[1]),
                             generator=torch.Generator().manual_seed(seed))
@@ -143,7 +143,7 @@ def _teacher_forced(candidate, reference, plan: Plan, tokens: torch.Tensor) -> d
     caches = {"prefill": [e.read_cache() for e in engines.all]}
     steps = [engines.decode(tokens[None, q:q + 1], _vector(q + 1), _vector(q), table) for q in range(p, p + d)]
     caches["decode"] = [e.read_cache() for e in engines.all]
-    return dict(layout=layout, table=table, start_cache=start_cache, prefill=prefill, steps=steps, caches=caches)
+    return dict(table=table, start_cache=start_cache, prefill=prefill, steps=steps, caches=caches)
 
 
 def decode(candidate: Candidate, reference: Reference, inputs: Inputs, policy: Policy, plan: Plan = QUICK) -> dict:
@@ -154,12 +154,10 @@ def decode(candidate: Candidate, reference: Reference, inputs: Inputs, policy: P
     # Self-consistency: the candidate's one prefill of every token, at the decoded positions.
     whole = None
     if p + d <= plan.shape.prefill_len:
-        layout = run["layout"]
-        table, cache = allocate(layout, [p + d], plan.shape.columns)
         serving = candidate.serving(plan.shape)
-        serving.write_cache(cache)
+        serving.write_cache(run["start_cache"])
         padded = pad(tokens[None, :p + d], plan.shape.prefill_len, vocab=reference.weights.config.vocab_size)
-        whole = serving.prefill(padded, _vector(0), _vector(p + d), table)[0, p:p + d]
+        whole = serving.prefill(padded, _vector(0), _vector(p + d), run["table"])[0, p:p + d]
     rows, verdicts = [], [prefill_verdict]
     for j, (compiled, eager, oracle) in enumerate(run["steps"]):
         v = policy.judge(compiled, eager, oracle)
@@ -180,7 +178,7 @@ def decode(candidate: Candidate, reference: Reference, inputs: Inputs, policy: P
 def cache_state(candidate: Candidate, reference: Reference, inputs: Inputs, policy: Policy,
                 plan: Plan = QUICK) -> dict:
     run = _teacher_forced(candidate, reference, plan, inputs.tokens[0])
-    layout, table = run["layout"], run["table"]
+    layout, table = plan.shape.layout(reference.weights.config), run["table"]
     unused = unused_pages(layout, table)
     phases, failures = [], []
     for phase, length in (("prefill", plan.prefill), ("decode", plan.prefill + plan.steps)):
@@ -342,11 +340,9 @@ def bisect_decode(candidate: Candidate, reference: Reference, inputs: Inputs, po
         out_e, taps_e = eager.decode_layer(i, h, *args)
         verdict = policy.judge(out_c, out_e, out_o, isolated=True)
         layers.append(Part(f"layer_{i}", "isolated", verdict).row())
-        if not verdict.passed or any(not policy.judge(taps_c[n], taps_e[n], taps_o[n], isolated=True).passed
-                                     for n in taps_c):
-            first = i
-            sub_blocks = [Part(n, "isolated", policy.judge(taps_c[n], taps_e[n], taps_o[n], isolated=True))
-                          for n in taps_c]
+        parts = [Part(n, "isolated", policy.judge(taps_c[n], taps_e[n], taps_o[n], isolated=True)) for n in taps_c]
+        if not verdict.passed or not all(part.verdict.passed for part in parts):
+            first, sub_blocks = i, parts
             break
         h = out_e
     culprit = first_propagating_failure(sub_blocks)
