@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from harness.checks.perplexity import QUICK_WINDOWS
 from harness.common.errors import HarnessError
@@ -21,7 +22,7 @@ from harness.perplexity.gate import (
     write_golden,
 )
 from harness.perplexity.protocol import Protocol
-from harness.perplexity.stats import Stats, engine_stats, mean_se, window_se
+from harness.perplexity.stats import Accumulator, Stats, engine_stats, mean_se, window_se
 
 BUDGET = 1e-3
 K, N = 32, 50  # windows per run, scored tokens per window
@@ -208,3 +209,19 @@ def test_golden_problems_are_one_line_errors(tmp_path):
         with pytest.raises(HarnessError, match=message) as e:
             call()
         assert "\n" not in str(e.value)
+
+
+def test_kld_gate_fails_a_corrupted_candidate_and_passes_an_identical_one():
+    """The KLD gate on real rows through the Accumulator: logits perturbed by noise of sd 0.3 give a mean KLD
+    of ~0.04 nats (0.5 sd^2 per token), far over the fp32 budget, whatever their dNLL on random targets does;
+    an identical candidate has KLD 0 and passes."""
+    g = torch.Generator().manual_seed(0)
+    acc_bad, acc_same = Accumulator(("a", "b")), Accumulator(("a", "b"))
+    for _ in range(8):
+        a = torch.randn(20, 64, generator=g)
+        targets = torch.randint(0, 64, (20,), generator=g)
+        acc_bad.add(targets, [a, a + 0.3 * torch.randn(20, 64, generator=g)])
+        acc_same.add(targets, [a, a.clone()])
+    bad, same = gate.check_kld(acc_bad.result(), "fp32"), gate.check_kld(acc_same.result(), "fp32")
+    assert bad.gate == "kld" and bad.verdict == "fail" and 0.02 < bad.details["mean"] < 0.08
+    assert same.verdict == "pass" and same.details["mean"] == 0

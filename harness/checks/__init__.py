@@ -5,8 +5,8 @@ fields; it asks the candidate and the reference for their programs and never bui
 - layers.compare: every part (embedding, each decoder layer, head), isolated and propagated;
 - bisect.bisect: the first diverging part and the sub-block inside it;
 - perplexity.evaluate: WikiText-2 perplexity of both on the same windows, with its gates;
-- serving.decode, cache_state, batching, chunked_prefill, greedy: the prefill / decode programs over the
-  paged KV cache.
+- serving.decode, cache_state, batching, chunked_prefill, greedy, decode_perplexity: the prefill / decode
+  programs over the paged KV cache.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import dataclasses
 import torch
 
 # The checks a configuration is gated on (the report's rows, expected failures, the run-to-run diff).
-SERVING_CHECKS = ("decode", "cache_state", "batching", "chunked_prefill", "greedy")  # serving.py
+SERVING_CHECKS = ("decode", "cache_state", "batching", "chunked_prefill", "greedy", "decode_perplexity")  # serving.py
 CHECKS = ("end_to_end", "layers", "perplexity", *SERVING_CHECKS)
 
 

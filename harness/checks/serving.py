@@ -13,6 +13,10 @@ eager's same call, both against the fp64 oracle's:
 - greedy: compiled and eager generate, teacher-forced on eager's choice: the first step where their
   choices split and eager's logit margin there; a split at a near-tie (the step's logits within the
   policy) is reported, not failed;
+- decode_perplexity: sharktank's perplexity_iree protocol (no BOS; prefill a prefix, then teacher-forced
+  decode one token at a time; each prompt's perplexity, averaged over prompts) on a few prompts, the
+  candidate's decode mode paired with its own prefill mode of the same tokens and with eager's decode mode
+  (perplexity/gate.py's paired gate, the dtype's budget);
 - bisect_decode: a failing decode localised to its step, layer and sub-block, with a reproducer.
 
 Every engine starts from the same cache: page 0 zeroed (sharktank's padding writes land there, and an
@@ -22,6 +26,7 @@ uninitialised page 0 was nod-ai/shark-ai#665), pages handed out zeroed, all othe
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import torch
@@ -33,6 +38,8 @@ from harness.checks.bisect import first_propagating_failure
 from harness.checks.layers import Part
 from harness.numerics import metrics
 from harness.numerics.tolerance import Policy, Verdict
+from harness.perplexity import gate
+from harness.perplexity.stats import Accumulator, Stats
 from harness.reference.eager import Reference
 from harness.reference.llama.paged import PagedLayout, ServingShape
 
@@ -44,7 +51,8 @@ BATCH_OFFSET = 7  # batched sequence b starts at input token 7 b: overlapping te
 class Plan:
     """How much each check runs: `prefill` tokens then `steps` decode steps (decode, cache_state),
     `lengths` of the batched sequences and their decode `batch_steps`, the `chunks` of a chunked prefill,
-    `generate` greedy tokens after a `prefill`-token prompt."""
+    `generate` greedy tokens after a `prefill`-token prompt, `prompts` of `prompt_len` tokens for the
+    decode-mode perplexity, each prefilled `prompt_prefix` tokens then decoded."""
 
     shape: ServingShape = ServingShape()
     prefill: int = 24  # not a multiple of the stride: decode crosses into a new page
@@ -53,16 +61,20 @@ class Plan:
     batch_steps: int = 4
     chunks: tuple[int, ...] = (13, 16, 11)
     generate: int = 32
+    prompts: int = 16
+    prompt_len: int = 24
+    prompt_prefix: int = 8
 
     @property
     def tokens(self) -> int:
-        """How many input tokens the checks read."""
+        """How many input tokens the checks read (decode_perplexity reads its prompts: Case.prompt_inputs)."""
         return max(self.prefill + self.steps, self.prefill + self.generate, sum(self.chunks),
                    *(BATCH_OFFSET * b + n + self.batch_steps for b, n in enumerate(self.lengths)))
 
 
 QUICK, NIGHTLY = Plan(), Plan(ServingShape(prefill_len=128, columns=8, n_pages=48), steps=96, generate=96,
-                              lengths=(128, 33, 100, 64), batch_steps=16, chunks=(40, 57, 31))
+                              lengths=(128, 33, 100, 64), batch_steps=16, chunks=(40, 57, 31), prompts=16,
+                              prompt_len=128, prompt_prefix=16)
 
 
 def allocate(layout: PagedLayout, lengths: list[int], columns: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -304,6 +316,62 @@ def greedy(candidate: Candidate, reference: Reference, inputs: Inputs, policy: P
     return dict(kind="greedy", passed=not failures, failures=failures, generated=generated, split=split, steps=rows,
                 text=tokenizer.decode(generated) if tokenizer else None,
                 verdict=max(rows, key=lambda r: r["ratio"]), inputs=inputs.to_record())
+
+
+def _decode_mode(engine: Serving, prompt: torch.Tensor, prefix: int, table, cache, shape: ServingShape,
+                 vocab: int) -> torch.Tensor:
+    """perplexity_iree's logits of a prompt: prefill `prefix` tokens, then decode the rest teacher-forced;
+    the [len - 1, vocab] rows predicting prompt[1:]."""
+    engine.write_cache(cache)
+    rows = [engine.prefill(pad(prompt[None, :prefix], shape.prefill_len, vocab), _vector(0), _vector(prefix),
+                           table)[0, :prefix]]
+    rows += [engine.decode(prompt[None, q:q + 1], _vector(q + 1), _vector(q), table)[0]
+             for q in range(prefix, len(prompt) - 1)]
+    return torch.cat(rows)
+
+
+def _per_prompt_ppl(stats: Stats) -> dict[str, float]:
+    """sharktank's figure: each prompt's perplexity, averaged over prompts (not the token mean)."""
+    return {e.name: sum(math.exp(s / n) for s, n in zip(e.window_nll, stats.window_tokens)) / stats.n_windows
+            for e in stats.engines}
+
+
+def decode_perplexity(candidate: Candidate, reference: Reference, inputs: Inputs, policy: Policy,
+                      plan: Plan = QUICK) -> dict:
+    """Consecutive prompts of the inputs, each scored three ways from a fresh cache: the candidate in decode
+    mode, eager in decode mode, and the candidate in prefill mode (one prefill of the prompt). Two paired gates
+    on the per-token NLLs (perplexity/gate.py: the mean dNLL, and the mean KLD, which no mix of errors of both
+    signs cancels): decode against prefill mode of the same program (a cache or decode bug, with no eager at
+    all) and the candidate's decode mode against eager's."""
+    shape, n, prefix = plan.shape, plan.prompt_len, plan.prompt_prefix
+    if n > shape.prefill_len:
+        raise ValueError(f"prompts of {n} tokens do not fit one prefill of {shape.prefill_len}")
+    if inputs.tokens.shape[1] < plan.prompts * n:
+        raise ValueError(f"{plan.prompts} prompts of {n} tokens need {plan.prompts * n} input tokens, not "
+                         f"{inputs.tokens.shape[1]}")
+    layout, vocab = shape.layout(reference.weights.config), reference.weights.config.vocab_size
+    compiled, eager = candidate.serving(shape), reference.eager.serving(shape)
+    vs_prefill, vs_eager = Accumulator(("iree prefill mode", "iree decode mode")), Accumulator(("eager decode mode",
+                                                                                                "iree decode mode"))
+    for w in range(plan.prompts):
+        prompt = inputs.tokens[0, w * n:(w + 1) * n]
+        table, cache = allocate(layout, [n], shape.columns, seed=w)
+        decoded = [_decode_mode(e, prompt, prefix, table, cache, shape, vocab) for e in (compiled, eager)]
+        compiled.write_cache(cache)
+        prefilled = compiled.prefill(pad(prompt[None], shape.prefill_len, vocab), _vector(0), _vector(n), table)
+        vs_prefill.add(prompt[1:], [prefilled[0, :n - 1], decoded[0]])
+        vs_eager.add(prompt[1:], decoded[::-1])
+    stats = {"decode_vs_prefill": vs_prefill.result(), "decode_vs_eager": vs_eager.result()}
+    gates = {f"{name}.{g.gate}": g for name, s in stats.items()
+             for g in (gate.check_pair(s, policy.dtype), gate.check_kld(s, policy.dtype))}
+    failures = [f"{name.split('.')[0]}: {g.message}" for name, g in gates.items() if not g.passed]
+    return dict(kind="decode_perplexity", passed=not failures, failures=failures,
+                protocol={"bos": "none", "prompts": plan.prompts, "prompt_tokens": n, "prefill": prefix,
+                          "decode_steps": n - 1 - prefix, "scored": "every position, predicting the next token"},
+                per_prompt_ppl={**_per_prompt_ppl(stats["decode_vs_eager"]),
+                                **_per_prompt_ppl(stats["decode_vs_prefill"])},
+                stats={name: s.to_record() for name, s in stats.items()},
+                gates={name: g.to_record() for name, g in gates.items()}, inputs=inputs.to_record())
 
 
 def bisect_decode(candidate: Candidate, reference: Reference, inputs: Inputs, policy: Policy, plan: Plan = QUICK,

@@ -99,30 +99,32 @@ def t_quantile(p: float, df: float) -> float:
 
 
 def paired_gate(mean: float, se: float, n_windows: int, budget: float, alpha: float = ALPHA,
-                power: float = POWER, detect_factor: float = DETECT_FACTOR) -> GateResult:
-    """Decide on the mean dNLL (candidate minus reference) and its window-clustered SE over n_windows."""
+                power: float = POWER, detect_factor: float = DETECT_FACTOR, name: str = "paired",
+                statistic: str = "dNLL") -> GateResult:
+    """Decide on the mean dNLL (candidate minus reference) and its window-clustered SE over n_windows (or on
+    another per-token statistic in nats: `name` the gate, `statistic` what its messages call the mean)."""
     details = dict(mean=mean, se=se, n_windows=n_windows, budget=budget, alpha=alpha, power_required=power,
                    detect_factor=detect_factor)
     if not math.isfinite(mean):
-        return GateResult("paired", "fail", f"paired gate fail: mean dNLL is {mean} (non-finite logits)", details)
+        return GateResult(name, "fail", f"{name} gate fail: mean {statistic} is {mean} (non-finite logits)", details)
     if n_windows < MIN_WINDOWS or not math.isfinite(se):
-        return GateResult("paired", "underpowered", f"paired gate underpowered: {n_windows} windows, at least "
+        return GateResult(name, "underpowered", f"{name} gate underpowered: {n_windows} windows, at least "
                           f"{MIN_WINDOWS} are needed for a window-clustered SE", details)
     t = t_quantile(1 - alpha, n_windows - 1)
     lower = abs(mean) - t * se
     se_needed = (detect_factor - 1) * budget / (t + NormalDist().inv_cdf(power))
     achieved = 1.0 if se == 0 else NormalDist().cdf((detect_factor - 1) * budget / se - t)
     details.update(lower_bound=lower, power=achieved)
-    summary = (f"mean dNLL {mean:+.3e} +/- {se:.2e} ({n_windows} windows); {100 * (1 - alpha):g}% lower bound "
-               f"of |dNLL| {lower:.3e} vs budget {budget:.1e}")
+    summary = (f"mean {statistic} {mean:+.3e} +/- {se:.2e} ({n_windows} windows); {100 * (1 - alpha):g}% lower "
+               f"bound of |{statistic}| {lower:.3e} vs budget {budget:.1e}")
     if lower > budget:
-        return GateResult("paired", "fail", f"paired gate fail: {summary}", details)
+        return GateResult(name, "fail", f"{name} gate fail: {summary}", details)
     if achieved < power:
         needed = math.ceil(n_windows * (se / se_needed) ** 2)
-        return GateResult("paired", "underpowered", f"paired gate underpowered: {summary}; power {achieved:.2f} "
+        return GateResult(name, "underpowered", f"{name} gate underpowered: {summary}; power {achieved:.2f} "
                           f"< {power:g} to catch {detect_factor:g}x the budget: score about {needed} windows",
                           details)
-    return GateResult("paired", "pass", f"paired gate pass: {summary}; power {achieved:.2f} to catch "
+    return GateResult(name, "pass", f"{name} gate pass: {summary}; power {achieved:.2f} to catch "
                       f"{detect_factor:g}x the budget", details)
 
 
@@ -132,6 +134,17 @@ def check_pair(stats: Stats, dtype: str) -> GateResult:
         raise HarnessError("the paired gate needs a two-engine result (eager and compiled)")
     return paired_gate(stats.pair.ln_ratio.value, stats.pair.ln_ratio_window_se, stats.n_windows,
                        perplexity_budget(dtype).paired)
+
+
+def check_kld(stats: Stats, dtype: str) -> GateResult:
+    """The paired gate's decision on the mean KLD(reference || candidate), with the same budget. On text drawn
+    from the reference's own distribution the candidate's expected dNLL is exactly that KLD, so this is the
+    paired gate on the text the reference would write; and a KLD cannot cancel, where a dNLL on fixed text
+    can: a corrupted random-weight toy scores random ids no worse than a right one."""
+    if stats.pair is None:
+        raise HarnessError("the KLD gate needs a two-engine result (reference and candidate)")
+    return paired_gate(stats.pair.kld.value, stats.pair.kld_window_se, stats.n_windows,
+                       perplexity_budget(dtype).paired, name="kld", statistic="KLD")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@ with reference log-probs a and candidate log-probs b over the vocabulary:
 
 The SE of a mean is sqrt((<x^2> - <x>^2) / (N - 1)), tokens taken as independent; that understates the
 error for neighbouring tokens, so each mean NLL and their difference also get a window-clustered SE
-(`window_se`), which the gates use.
+and the mean KLD also get a window-clustered SE (`window_se`), which the gates use.
 
 Everything is computed in fp64 from the full log-softmax rows (llama.cpp keeps its base log-probs as
 uint16 over the top 16 nats, so its KLD can come out slightly negative; here only by fp64 rounding). Rows
@@ -80,6 +80,7 @@ class PairStats:
     ln_ratio_window_se: float  # the same mean's window-clustered SE
     nll_correlation: float
     kld: Estimate
+    kld_window_se: float
     kld_percentiles: dict[str, float]  # "max", "99.9", ..., "0.1", "min"
     same_top: Estimate
     dp: Estimate
@@ -216,6 +217,7 @@ class Accumulator:
             ln_ratio_window_se=window_se(d, self._window_sizes),
             nll_correlation=correlation,
             kld=mean_se(kld),
+            kld_window_se=window_se(kld, self._window_sizes),
             kld_percentiles={"max": float(kld.max()), **percentiles, "min": float(kld.min())},
             same_top=Estimate(p_top, math.sqrt(p_top * (1 - p_top) / (n - 1))),
             dp=mean_se(dp),

@@ -90,6 +90,19 @@ class EagerModel:
         with self.precision():
             return as_result(self.model(tokens, first))
 
+    @torch.no_grad()
+    def sample(self, prompts: int, length: int, seed: int = 0) -> torch.Tensor:
+        """[prompts, length] token ids drawn from the model's own distribution (temperature 1, each prompt
+        from a random first token): text on which a random-weight toy's perplexity means something, because
+        any corruption of the model raises its expected NLL (by the KL divergence from the model)."""
+        generator = torch.Generator().manual_seed(seed)
+        vocab = self.model.config.vocab_size
+        tokens = torch.randint(0, vocab, (prompts, 1), generator=generator)
+        for _ in range(length - 1):
+            probs = torch.softmax(self.logits(tokens, tokens.shape[1] - 1)[:, -1].double(), dim=-1)
+            tokens = torch.cat([tokens, torch.multinomial(probs, 1, generator=generator)], dim=1)
+        return tokens
+
     def parts(self) -> "EagerParts":
         return EagerParts(self)
 
@@ -133,7 +146,7 @@ class EagerServing:
         return self.cache.clone()
 
     def write_cache(self, cache: torch.Tensor) -> None:
-        self.cache = cache.to(self.cache.dtype)
+        self.cache = cache.to(self.cache.dtype, copy=True)  # never the caller's tensor: this cache is written
 
 
 class EagerParts:

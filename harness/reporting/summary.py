@@ -69,6 +69,12 @@ def _serving_cell(rec: dict | None) -> str:
         return f"{mark} vs batch 1: {exact}, worst {max(r['ratio_vs_batch1'] for r in seqs):.2f} of budget"
     if kind == "chunked_prefill":
         return f"{mark} {rec['chunks']}: {rec['verdict']['ratio']:.2f} of budget"
+    if kind == "decode_perplexity":
+        gates = {name: g["details"] for name, g in rec["gates"].items()}
+        return (f"{mark} dNLL / KLD vs own prefill {gates['decode_vs_prefill.paired']['mean']:+.1e} / "
+                f"{gates['decode_vs_prefill.kld']['mean']:.1e}, vs eager {gates['decode_vs_eager.paired']['mean']:+.1e}"
+                f" / {gates['decode_vs_eager.kld']['mean']:.1e} (budget {gates['decode_vs_eager.kld']['budget']:.0e});"
+                f" PPL {rec['per_prompt_ppl']['iree decode mode']:.4g}")
     split = rec["split"]
     return (f"{mark} {len(rec['generated'])} tokens agree" if split is None else
             f"{mark} split at step {split['step']} (eager margin {split['eager_margin']:.2g}"

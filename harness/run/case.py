@@ -69,6 +69,14 @@ class Case:
         tokens = torch.randint(0, self.weights.config.vocab_size, (1, n), generator=torch.Generator().manual_seed(0))
         return Inputs(tokens, "random ids, seed 0")
 
+    def prompt_inputs(self, prompts: int, length: int) -> Inputs:
+        """[1, prompts * length] ids of `prompts` prompts: real WikiText, or for toys text sampled from the
+        toy's fp32 eager model (on random ids a corrupted toy scores no worse than a right one)."""
+        if self.spec.real_text:
+            return self.token_inputs(prompts * length)
+        tokens = self.reference.fp32.sample(prompts, length)
+        return Inputs(tokens.reshape(1, -1), f"{prompts} prompts sampled from the fp32 eager model, seed 0")
+
     @property
     def policy(self) -> Policy:
         return policy(self.config.dtype)

@@ -7,14 +7,16 @@ import pytest
 from harness.checks import serving
 
 
-def serve(check, case, write_record, conclude, nightly: bool) -> None:
+def serve(check, case, write_record, conclude, nightly: bool, prompts: bool = False) -> None:
     config = case.config
     if config.tp > 1:  # in the report, not only in pytest's output
         reason = f"{check.__name__}: the serving programs are exported at TP 1 only (the paged cache is not sharded yet)"
         write_record({"kind": "skipped", "config": config.id, "check": check.__name__, "reason": reason})
         pytest.skip(reason)
     plan = serving.NIGHTLY if nightly else serving.QUICK
-    rec = conclude.attempt(lambda: case.run(check, inputs=case.token_inputs(plan.tokens), plan=plan))
+    inputs = (lambda: case.prompt_inputs(plan.prompts, plan.prompt_len)) if prompts else \
+        (lambda: case.token_inputs(plan.tokens))
+    rec = conclude.attempt(lambda: case.run(check, inputs=inputs(), plan=plan))
     write_record(rec)
     conclude([("numerics", message) for message in rec["failures"]])
 
@@ -42,3 +44,7 @@ def test_chunked_prefill(case, write_record, conclude, nightly):
 
 def test_greedy(case, write_record, conclude, nightly):
     serve(serving.greedy, case, write_record, conclude, nightly)
+
+
+def test_decode_perplexity(case, write_record, conclude, nightly):
+    serve(serving.decode_perplexity, case, write_record, conclude, nightly, prompts=True)
