@@ -44,6 +44,7 @@ class Serving(Protocol):
 
     name: str
     shape: ServingShape
+    flags: list[str] | None  # the compile flags of a compiled program
 
     def prefill(self, tokens: torch.Tensor, start_positions: torch.Tensor, seq_lens: torch.Tensor,
                 page_table: torch.Tensor) -> torch.Tensor:

@@ -91,6 +91,7 @@ class CompiledServing:
 
     def __init__(self, module: CompiledModule, shape: ServingShape, layout, dtype: torch.dtype):
         self.module, self.shape, self.name = module, shape, "iree"
+        self.flags = module.source[1] if module.source else None
         self.cache_dtype = cache_dtype(dtype)
         self.write_cache(layout.allocate(self.cache_dtype))
 
@@ -178,7 +179,7 @@ class ExportedCandidate:
                 exported = export_program(model, entries, program_key, params_key, self.command,
                                           mutates_inputs=program.startswith("serving"))
                 st.seconds, st.cached = exported.seconds, exported.cached
-            flags = self.target.compile_flags(tp, program.split("_")[0])
+            flags = self.target.compile_flags(tp, program)
             with self.stages.timed("compile", stage_label) as st:
                 vmfb, st.seconds, st.cached = compile_module(exported.mlir, flags)
             with self.stages.timed("run", stage_label):

@@ -379,7 +379,8 @@ def bisect_decode(candidate: Candidate, reference: Reference, inputs: Inputs, po
     """A failing decode localised: the first decode step over budget (against eager or its own prefill), then
     the first decoder layer of that step whose compiled output, on eager's input and eager's cache, is over
     budget, and the sub-block inside it (bisect.first_propagating_failure), with a reproducer of that layer's
-    call. One "serving_layers" program (decode_layer_<i>) serves every layer."""
+    call. One "serving_layers" program (decode_layer_<i>) serves every layer; its compile flags, which differ
+    from the tested program's where iree/targets.py says why (BISECT_DECODE_FLAGS), are in the record."""
     found = decode(candidate, reference, inputs, policy, plan)
     step = next((r["step"] for r in found["steps"] if not (r["passed"] and r.get("consistency_passed", True))), None)
     if step is None:
@@ -418,4 +419,14 @@ def bisect_decode(candidate: Candidate, reference: Reference, inputs: Inputs, po
     return dict(kind="bisect_decode", diverged=True, step=step, position=q,
                 layer=None if first is None else f"layer_{first}", sub_block=culprit.name if culprit else None,
                 layers=layers, sub_blocks=[s.row() for s in sub_blocks], reproducer=reproducer,
-                decode_failure=found["failures"][0])
+                decode_failure=found["failures"][0], layer_program_flags=compiled.flags)
+
+
+def format_bisect_decode(rec: dict) -> str:
+    """One line of where bisection through decode points, and its reproducer."""
+    if not rec["diverged"]:
+        return "bisect through decode: no decode step over budget"
+    where = (f"{rec['layer']}, sub-block {rec['sub_block'] or 'none over budget'}" if rec["layer"] else
+             "no decoder layer over budget on eager's inputs (the divergence is in the head or between layers)")
+    return (f"bisect through decode: step {rec['step']} (position {rec['position']}), {where}"
+            + (f"; reproducer: {rec['reproducer']}" if rec["reproducer"] else ""))

@@ -37,6 +37,11 @@ CPU_SPEED_FLAGS = {
 # Added for the serving program (prefill / decode over the paged cache): llvm-cpu rejects the decode
 # gather's stack allocation under its default 32 KiB limit.
 SERVING_FLAGS = {"local": ["--iree-llvmcpu-stack-allocation-limit=262144"], "hip": [], "cuda": []}
+# Added for the one-layer decode program that bisection runs (decode_layer_<i>): IREE 3.9's llvm-cpu data
+# tiling drops that program's attention mask (a clean layer attends to every slot of its pages; the same layer
+# inside decode_bs1 is right; tests/test_bisect_decode.py keeps it as an expected failure), which would pin
+# every decode failure on layer 0. The programs under test keep the target's flags.
+BISECT_DECODE_FLAGS = {"local": ["--iree-opt-data-tiling=false"], "hip": [], "cuda": []}
 # The runtime driver each target device's modules run on (for checking --iree-device against it).
 TARGET_DRIVERS = {"local": ("local-task", "local-sync"), "hip": ("hip",), "cuda": ("cuda",)}
 # How attention is formulated for each target unless --attention says otherwise: IREE 3.9's fused
@@ -128,8 +133,10 @@ class Target:
         flags = [f.format(**fields) for f in TARGET_FLAGS[self.hal_target_device]]
         if self.hal_target_device == "local":
             flags += CPU_SPEED_FLAGS[self.cpu_family]
-        if program == "serving":
+        if program.startswith("serving"):
             flags += SERVING_FLAGS[self.hal_target_device]
+        if program == "serving_layers":
+            flags += BISECT_DECODE_FLAGS[self.hal_target_device]
         return devices + [f for f in flags if not f.endswith("=")] + list(self.extra_flags)
 
     @property

@@ -115,7 +115,7 @@ class EagerServing:
     model's compute dtype."""
 
     def __init__(self, eager: EagerModel, shape: ServingShape):
-        self.eager, self.shape, self.name = eager, shape, eager.name
+        self.eager, self.shape, self.name, self.flags = eager, shape, eager.name, None
         self.layout = shape.layout(eager.model.config)
         self.cache = self.layout.allocate(eager.model.embed_tokens.weight.dtype)
 

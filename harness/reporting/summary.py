@@ -165,6 +165,9 @@ def bisect_table(recs: list[dict]) -> tuple[list[str], list[list]]:
     rows = [[rec["config"], rec.get("fault") or "", rec["layer"] or "none", rec["sub_block"] or "",
              rec["compiles"], rec["invocations"], f"{rec['timings']['wall_s']:.1f}s"]
             for rec in recs if rec["kind"] == "bisect" and "compiles" in rec]
+    rows += [[rec["config"], rec.get("fault") or "", f"decode step {rec['step']}: {rec['layer'] or 'none'}",
+              rec["sub_block"] or "", "", "", ""]
+             for rec in recs if rec["kind"] == "bisect_decode" and rec.get("diverged")]
     return ["Configuration", "Planted fault", "First diverging part", "Sub-block", "Compiles", "Invocations",
             "Wall"], rows
 

@@ -71,8 +71,8 @@ SUITE_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
                         "machines in parallel; join their runs with `python -m harness report merge`)")),
     (("--diff-previous",), dict(action="store_true", help="diff this run against the previous one in "
                                 "--report-dir (diff.md) and fail the session on a regression")),
-    (("--bisect-on-fail",), dict(action="store_true", help="bisect a configuration whose layer check fails "
-                                 "to its first diverging layer and sub-block")),
+    (("--bisect-on-fail",), dict(action="store_true", help="bisect a configuration whose layer check "
+                                 "(or serving decode check) fails to its first diverging layer and sub-block")),
 ]
 REPORT_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     (("--report-dir",), dict(default="reports", help="where runs write (default reports/)")),

@@ -1,13 +1,16 @@
 """The serving path: the prefill_bs{N} / decode_bs{N} programs over a paged KV cache, driven as a server
 drives them (harness/checks/serving.py says what each check does). Each test is one check, judged by the same
-tolerance policy as the end-to-end check; --nightly runs longer decodes, batches and generations."""
+tolerance policy as the end-to-end check; --nightly runs longer decodes, batches and generations; with
+--bisect-on-fail a failing decode is bisected to its step, layer and sub-block."""
 
 import pytest
 
 from harness.checks import serving
 
 
-def serve(check, case, write_record, conclude, nightly: bool, prompts: bool = False) -> None:
+def serve(check, case, write_record, conclude, nightly: bool, prompts: bool = False, bisect_dir=None) -> None:
+    """Run `check` on the case and conclude on its failures; `bisect_dir`: where a failing decode is bisected
+    (--bisect-on-fail) to its step, layer and sub-block."""
     config = case.config
     if config.tp > 1:  # in the report, not only in pytest's output
         reason = f"{check.__name__}: the serving programs are exported at TP 1 only (the paged cache is not sharded yet)"
@@ -18,7 +21,13 @@ def serve(check, case, write_record, conclude, nightly: bool, prompts: bool = Fa
         (lambda: case.token_inputs(plan.tokens))
     rec = conclude.attempt(lambda: case.run(check, inputs=inputs(), plan=plan))
     write_record(rec)
-    conclude([("numerics", message) for message in rec["failures"]])
+    messages = rec["failures"]
+    if messages and bisect_dir is not None:
+        bisection = case.run(serving.bisect_decode, inputs=case.token_inputs(plan.tokens), plan=plan,
+                             artifacts=bisect_dir)
+        write_record(bisection)
+        messages = [*messages, serving.format_bisect_decode(bisection)]
+    conclude([("numerics", message) for message in messages])
 
 
 @pytest.fixture
@@ -26,8 +35,9 @@ def nightly(pytestconfig) -> bool:
     return pytestconfig.getoption("nightly")
 
 
-def test_decode(case, write_record, conclude, nightly):
-    serve(serving.decode, case, write_record, conclude, nightly)
+def test_decode(case, write_record, conclude, nightly, request, run_dir):
+    bisect_dir = run_dir / f"bisect-decode-{case.config.id}" if request.config.getoption("bisect_on_fail") else None
+    serve(serving.decode, case, write_record, conclude, nightly, bisect_dir=bisect_dir)
 
 
 def test_cache_state(case, write_record, conclude, nightly):
