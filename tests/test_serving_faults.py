@@ -21,8 +21,8 @@ def inputs(case: Case, check):
     return case.token_inputs(plan.tokens)
 
 
-def run(defect: str, check):
-    case = Case(RunConfig("toy-tp8", "fp32"), fault=paged_fault(LAYER, defect))
+def run(defect: str, check, tp: int = 1):
+    case = Case(RunConfig("toy-tp8", "fp32", tp=tp), fault=paged_fault(LAYER, defect))
     return case.run(check, inputs=inputs(case, check))
 
 
@@ -35,6 +35,14 @@ def test_decode_writing_one_position_late_leaves_prefill_right_and_breaks_the_de
     assert all(r["passed"] for r in prefill["layers"])
     assert not any(r["passed"] for r in after_decode["layers"] if r["layer"] == LAYER)
     assert all(r["passed"] for r in after_decode["layers"] if r["layer"] < LAYER)
+
+
+def test_at_tp2_decode_writing_one_position_late_fails_decode_and_the_joined_cache():
+    """The sharded serving program (each device over its shard of the cache) carries the fault too."""
+    decode = run("write_offset", serving.decode, tp=2)
+    assert decode["prefill_verdict"]["passed"] and not decode["steps"][0]["passed"]
+    cache = run("write_offset", serving.cache_state, tp=2)
+    assert not any(r["passed"] for r in cache["phases"][1]["layers"] if r["layer"] == LAYER)
 
 
 def test_a_wrong_page_index_writes_pages_no_sequence_owns():

@@ -20,6 +20,7 @@ from harness.iree.targets import Target
 from harness.reference.llama.attention import ATTENTION
 from harness.reference.llama.config import SMOLLM2_135M, TOY_TP8
 from harness.reference.llama.model import SUB_BLOCKS, Llama
+from harness.reference.llama.paged import ServingShape
 from harness.reference.registry import random_weights
 from harness.transforms.faults import op_fault, plant_fault, weight_fault
 from harness.transforms.shard import (
@@ -27,6 +28,8 @@ from harness.transforms.shard import (
     attention_on_device,
     check_tp,
     shard,
+    join_caches,
+    split_cache,
     split_sizes,
 )
 
@@ -187,3 +190,24 @@ def test_compiled_tp2_matches_unsharded_eager(tmp_path, monkeypatch):
         assert_close(torch.from_numpy(np.asarray(got)), want, f"compiled tp2 logits on {driver}")
     with pytest.raises(StageFailure, match="HAL device `__device_1` not found"):
         CompiledModule(vmfb, exported.irpa, "local-task", 1)
+
+
+@pytest.mark.parametrize("config,tp", CASES, ids=CASE_IDS)
+def test_sharded_paged_prefill_and_decode_match_unsharded_and_fill_the_same_cache(config, tp):
+    """The serving call on tp devices, each over its shard of the paged cache (one KV head copied per query
+    head where HeadCopies copies it), against the unsharded call: logits and, joined, the cache."""
+    model = reference(config)
+    layout = ServingShape().layout(config)
+    table = torch.tensor([[5, 2, 0, 0]])
+    cache = torch.randn(layout.n_pages, layout.page_elems, generator=torch.Generator().manual_seed(2))
+    shards = split_cache(cache, layout, config, tp)
+    assert torch.equal(join_caches(shards, layout, config, tp), cache)
+    sharded, x = shard(model, tp), tokens(config, 64)
+    one = torch.ones(1, dtype=torch.int64)
+    with torch.no_grad():
+        for start, n, length in ((0, 64, 40), (40, 1, 41)):  # prefill 40 (padded to 64), decode one
+            want = model.paged(x[:, :n], start * one, length * one, table, cache, layout=layout)
+            got = sharded.paged(x[:, :n], start * one, length * one, table, *shards, layout=layout)
+            valid = min(n, length - start)
+            assert_close(got[:, :valid], want[:, :valid], f"logits from position {start}")
+    assert_close(join_caches(shards, layout, config, tp), cache, "cache after prefill and decode")

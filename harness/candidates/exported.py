@@ -21,11 +21,12 @@ from harness.iree.export import export_program
 from harness.iree.runtime import CompiledModule
 from harness.iree.targets import FP8_DECODE, Target
 from harness.reference.eager import Variant
+from harness.reference.llama.config import LlamaConfig
 from harness.reference.llama.model import SUB_BLOCKS, Llama
 from harness.reference.llama.paged import ServingShape, cache_dtype
 from harness.reporting.records import versions
 from harness.transforms.faults import Fault, plant_fault
-from harness.transforms.shard import shard
+from harness.transforms.shard import join_caches, shard, split_cache
 
 PACKAGE = Path(__file__).resolve().parents[1]
 # Everything whose text can change an exported program or its parameters: the reference (model, weight
@@ -87,16 +88,19 @@ def save_reproducer(module: CompiledModule, function: str, inputs: list[np.ndarr
 
 
 class CompiledServing:
-    """A compiled "serving" program's entry points over one cache, which lives on the device between calls."""
+    """A compiled "serving" program's entry points over one cache, which lives on the device between calls; at
+    TP > 1 as one shard per device (transforms/shard.py split_cache), read and written whole."""
 
-    def __init__(self, module: CompiledModule, shape: ServingShape, layout, dtype: torch.dtype):
-        self.module, self.shape, self.name = module, shape, "iree"
+    def __init__(self, module: CompiledModule, shape: ServingShape, config: LlamaConfig, dtype: torch.dtype,
+                 tp: int = 1):
+        self.module, self.shape, self.name, self.config, self.tp = module, shape, "iree", config, tp
+        self.layout = shape.layout(config)
         self.flags = module.source[1] if module.source else None
         self.cache_dtype = cache_dtype(dtype)
-        self.write_cache(layout.allocate(self.cache_dtype))
+        self.write_cache(self.layout.allocate(self.cache_dtype))
 
     def _call(self, function: str, *args: torch.Tensor) -> torch.Tensor:
-        (out,) = self.module(function, *(a.numpy() for a in args), self.cache)
+        (out,) = self.module(function, *(a.numpy() for a in args), *self.caches)
         return torch.from_numpy(out)
 
     def prefill(self, tokens, start_positions, seq_lens, page_table):
@@ -109,7 +113,7 @@ class CompiledServing:
         """Layer i of a decode step ("serving_layers" program): its output and sub-blocks' outputs."""
         inputs = [h.float().numpy(), seq_lens.numpy(), start_positions.numpy(), page_table.numpy()]
         self.last_call = (f"decode_layer_{i}", [*inputs, self.written])  # the cache as the call found it
-        out, *taps = (torch.from_numpy(o) for o in self.module(self.last_call[0], *inputs, self.cache))
+        out, *taps = (torch.from_numpy(o) for o in self.module(self.last_call[0], *inputs, *self.caches))
         return out, dict(zip(SUB_BLOCKS, taps))
 
     def reproducer(self, directory: Path) -> str:
@@ -117,11 +121,14 @@ class CompiledServing:
         return save_reproducer(self.module, *self.last_call, directory)
 
     def read_cache(self) -> torch.Tensor:
-        return torch.from_numpy(self.cache.to_host().copy())
+        shards = [torch.from_numpy(c.to_host().copy()) for c in self.caches]
+        return shards[0] if self.tp == 1 else join_caches(shards, self.layout, self.config, self.tp)
 
     def write_cache(self, cache: torch.Tensor) -> None:
-        self.written = cache.to(self.cache_dtype).numpy()
-        self.cache = self.module.device_array(self.written)
+        cache = cache.to(self.cache_dtype)
+        self.written = cache.numpy()
+        shards = [cache] if self.tp == 1 else split_cache(cache, self.layout, self.config, self.tp)
+        self.caches = [self.module.device_array(s.contiguous().numpy(), d) for d, s in enumerate(shards)]
 
 
 class ExportedCandidate:
@@ -195,9 +202,8 @@ class ExportedCandidate:
 
     def serving(self, shape: ServingShape, program: str = "serving") -> CompiledServing:
         """The "serving" program (prefill_bs{N}, decode_bs{N}) or "serving_layers" (decode_layer_<i>)."""
-        if self.tp > 1:
-            raise HarnessError(f"--tp {self.tp}: the serving programs are exported at TP 1 only so far "
-                               "(the paged cache is not sharded yet)")
-        config = self.variant.weights.config
-        module = self.module(program, serving=shape)
-        return CompiledServing(module, shape, shape.layout(config), self.variant.torch_dtype)
+        if self.tp > 1 and program == "serving_layers":
+            raise HarnessError(f"--tp {self.tp}: bisection through decode runs at TP 1 (its one-layer program is "
+                               "not sharded)")
+        return CompiledServing(self.module(program, serving=shape), shape, self.variant.weights.config,
+                               self.variant.torch_dtype, self.tp)

@@ -9,7 +9,7 @@
   --has-prefill-position, so that prefill can be chunked):
   `prefill_bs{N}(tokens[N,S], start_pos[N], seq_lens[N], seq_block_ids[N,C], cache[P,E]) -> logits[N,S,V]`,
   `decode_bs{N}(tokens[N,1], seq_lens[N], start_positions[N], seq_block_ids[N,C], cache) -> logits[N,1,V]`,
-  the cache updated in place (reference/llama/paged.py).
+  the cache updated in place (reference/llama/paged.py); at TP > 1 one cache argument per device, its shard.
 - "serving_layers": `decode_layer_<i>(h[1,1,D], seq_lens, start_positions, seq_block_ids, cache)` -> h and
   every sub-block's output: one decoder layer of a decode step, for bisection through decode.
 
@@ -24,6 +24,7 @@ import torch
 from harness.iree.export import Entry
 from harness.reference.llama.model import SUB_BLOCKS, Llama
 from harness.reference.llama.paged import ServingShape, cache_dtype
+from harness.transforms.shard import ShardedLlama, split_cache
 
 
 def _dtype(model: Llama) -> torch.dtype:
@@ -64,25 +65,30 @@ def layer_entries(tokens: torch.Tensor, n_layers: int, dim: int) -> list[Entry]:
 
 
 def _serving(shape: ServingShape, decode: bool):
-    def prefill(model: Llama, tokens, start_positions, seq_lens, page_table, cache):
+    def prefill(model: Llama | ShardedLlama, tokens, start_positions, seq_lens, page_table, *caches):
         layout = shape.layout(model.config)
-        return model.paged(tokens, start_positions, seq_lens, page_table, cache, layout).float()
+        return model.paged(tokens, start_positions, seq_lens, page_table, *caches, layout=layout).float()
 
-    def decode_step(model: Llama, tokens, seq_lens, start_positions, page_table, cache):
-        return prefill(model, tokens, start_positions, seq_lens, page_table, cache)
+    def decode_step(model: Llama | ShardedLlama, tokens, seq_lens, start_positions, page_table, *caches):
+        return prefill(model, tokens, start_positions, seq_lens, page_table, *caches)
     return decode_step if decode else prefill
 
 
-def serving_entries(model: Llama, shape: ServingShape) -> list[Entry]:
+def serving_entries(model: Llama | ShardedLlama, shape: ServingShape) -> list[Entry]:
+    """At TP > 1 the cache is one argument per device, device d's shard (shard.split_cache) on device d."""
     layout = shape.layout(model.config)
     cache = torch.zeros(layout.n_pages, layout.page_elems, dtype=cache_dtype(_dtype(model)))
+    tp = model.tp if isinstance(model, ShardedLlama) else 1
+    caches = tuple(split_cache(cache, layout, model.config, tp)) if tp > 1 else (cache,)
+    on_devices = {4 + d: d for d in range(1, tp)} or None
     entries = []
     for n in shape.batches:
         # Distinct tensors: torch.export binds one tensor passed twice to one argument.
         starts, lens = torch.zeros(n, dtype=torch.int64), torch.ones(n, dtype=torch.int64)
         table, tokens = torch.zeros(n, shape.columns, dtype=torch.int64), torch.zeros(n, shape.prefill_len, dtype=torch.int64)
-        entries += [Entry(f"prefill_bs{n}", _serving(shape, False), (tokens, starts, lens, table, cache)),
-                    Entry(f"decode_bs{n}", _serving(shape, True), (tokens[:, :1], lens, starts, table, cache))]
+        entries += [Entry(f"prefill_bs{n}", _serving(shape, False), (tokens, starts, lens, table, *caches), on_devices),
+                    Entry(f"decode_bs{n}", _serving(shape, True), (tokens[:, :1], lens, starts, table, *caches),
+                          on_devices)]
     return entries
 
 

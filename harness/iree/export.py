@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 from iree.turbine import aot
+from iree.turbine.aot import DeviceAffinity
 from iree.turbine.aot.decompositions import extend_aot_decompositions
 
 from harness.common.cache import cache_dir
@@ -27,11 +28,13 @@ from harness.common.errors import StageFailure
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-    """An entry point: `fn(module, *args)` traced with example `args`."""
+    """An entry point: `fn(module, *args)` traced with example `args`; `arg_device` places arguments on other
+    devices than the first (argument index -> device ordinal)."""
 
     name: str
     fn: Callable
     args: tuple
+    arg_device: dict[int, int] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +71,9 @@ def export_program(module: torch.nn.Module, entries: list[Entry], program_key: s
             decompositions = contextlib.nullcontext() if mutates_inputs else extend_aot_decompositions(from_current=False)
             with decompositions:
                 for entry in entries:
-                    builder.export_program(entry.fn, name=entry.name, args=entry.args, strict=False)
+                    arg_device = {i: DeviceAffinity(d) for i, d in (entry.arg_device or {}).items()} or None
+                    builder.export_program(entry.fn, name=entry.name, args=entry.args, strict=False,
+                                           arg_device=arg_device)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
                 output = aot.export(builder)

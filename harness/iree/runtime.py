@@ -89,9 +89,10 @@ class CompiledModule:
         except Exception as e:  # noqa: BLE001
             raise StageFailure("run", f"loading the module failed: {e}", self.reproducer("main", [])) from e
 
-    def device_array(self, array: np.ndarray) -> rt.DeviceArray:
-        """`array` on the (first) device: an argument that calls update in place, such as the paged cache."""
-        return rt.asdevicearray(self.devices[0], array)
+    def device_array(self, array: np.ndarray, device: int = 0) -> rt.DeviceArray:
+        """`array` on device `device`: an argument that calls update in place, such as the paged cache (one
+        shard per device at TP > 1)."""
+        return rt.asdevicearray(self.devices[device], array)
 
     def __call__(self, function: str, *inputs: np.ndarray | rt.DeviceArray) -> list[np.ndarray]:
         try:

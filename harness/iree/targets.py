@@ -37,6 +37,11 @@ CPU_SPEED_FLAGS = {
 # Added for the serving program (prefill / decode over the paged cache): llvm-cpu rejects the decode
 # gather's stack allocation under its default 32 KiB limit.
 SERVING_FLAGS = {"local": ["--iree-llvmcpu-stack-allocation-limit=262144"], "hip": [], "cuda": []}
+# Added for a serving program on several devices: iree-compile 3.9's const-eval JIT segfaults (in
+# HAL::DeviceAnalysis::gatherDeviceTargets) on the paged cache's index constants transferred to each device, and
+# without the transfers compiling fails ("'stream.tensor.sizeof' op illegal for this phase of lowering").
+# Const-eval only moves constant expressions from compile time to load time.
+SHARDED_SERVING_FLAGS = ["--iree-opt-const-eval=false"]
 # Added for the one-layer decode program that bisection runs (decode_layer_<i>): IREE 3.9's llvm-cpu data
 # tiling drops that program's attention mask (a clean layer attends to every slot of its pages; the same layer
 # inside decode_bs1 is right; tests/test_bisect_decode.py keeps it as an expected failure), which would pin
@@ -134,7 +139,7 @@ class Target:
         if self.hal_target_device == "local":
             flags += CPU_SPEED_FLAGS[self.cpu_family]
         if program.startswith("serving"):
-            flags += SERVING_FLAGS[self.hal_target_device]
+            flags += SERVING_FLAGS[self.hal_target_device] + (SHARDED_SERVING_FLAGS if n_devices > 1 else [])
         if program == "serving_layers":
             flags += BISECT_DECODE_FLAGS[self.hal_target_device]
         return devices + [f for f in flags if not f.endswith("=")] + list(self.extra_flags)

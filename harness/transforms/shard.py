@@ -50,6 +50,7 @@ with `--iree-opt-data-tiling` miscompiles even the unsharded fp32 toy (logit err
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 from typing import Callable
@@ -69,8 +70,10 @@ from harness.reference.llama.model import (
     FeedForward,
     Llama,
     RMSNorm,
+    rope_at,
     rope_tables,
 )
+from harness.reference.llama.paged import PagedKV, PagedLayout
 from harness.transforms.quantize import block_size, effective_scheme
 
 # --- which sizes fit, and who holds what ---------------------------------------------------------------
@@ -119,6 +122,29 @@ def kv_heads(config: LlamaConfig, tp: int, device: int) -> range:
 def kv_owners(config: LlamaConfig, tp: int) -> list[int]:
     """One device per distinct KV shard: the first holder of each replica."""
     return list(range(0, tp, max(1, tp // config.n_kv_heads)))
+
+
+def cache_heads(config: LlamaConfig, tp: int, device: int) -> list[int]:
+    """The KV head of each head in device `device`'s shard of the paged cache: its KV heads, or its one KV
+    head as many times as HeadCopies copies it (the shard's attention writes and reads every copy)."""
+    heads, n_q = list(kv_heads(config, tp, device)), config.n_heads // tp
+    return heads * n_q if len(heads) == 1 and n_q > 1 else heads
+
+
+def split_cache(cache: torch.Tensor, layout: PagedLayout, config: LlamaConfig, tp: int) -> list[torch.Tensor]:
+    """An unsharded paged cache [pages, page_elems] as the tp devices' shards (each [pages, its page_elems])."""
+    heads = cache.reshape(layout.n_pages, layout.n_layers, 2, layout.kv_heads, -1)
+    return [heads[:, :, :, cache_heads(config, tp, d)].reshape(layout.n_pages, -1) for d in range(tp)]
+
+
+def join_caches(caches: list[torch.Tensor], layout: PagedLayout, config: LlamaConfig, tp: int) -> torch.Tensor:
+    """The devices' shards of a paged cache as the unsharded cache: each KV head from its first holder."""
+    parts = []
+    for d in kv_owners(config, tp):
+        heads = cache_heads(config, tp, d)
+        shard = caches[d].reshape(layout.n_pages, layout.n_layers, 2, len(heads), -1)
+        parts.append(shard[:, :, :, [heads.index(h) for h in dict.fromkeys(heads)]])
+    return torch.cat(parts, dim=3).reshape(layout.n_pages, -1)
 
 
 def split_sizes(n: int, tp: int) -> list[int]:
@@ -295,12 +321,13 @@ class ShardedDecoderLayer(nn.Module):
         self.mlp = nn.ModuleList(_ffn_shard(src.mlp, config, tp, d) for d in range(tp))
 
     def forward_replicated(self, hs: list[torch.Tensor], coss: list[torch.Tensor], sins: list[torch.Tensor],
-                           taps: dict | None = None) -> list[torch.Tensor]:
-        """The layer on every device's copy of the residual stream (and RoPE tables); returns every
-        device's copy of its output."""
+                           taps: dict | None = None, kvs: list[PagedKV] | None = None) -> list[torch.Tensor]:
+        """The layer on every device's copy of the residual stream (and RoPE tables), each device's attention
+        over its shard of the paged cache when `kvs` are given; returns every device's copy of its output."""
         shard_taps = [None if taps is None else {} for _ in range(self.tp)]
         xs = [norm(h) for norm, h in zip(self.input_layernorm, hs)]
-        attn = all_reduce([a(x, c, s, t) for a, x, c, s, t in zip(self.self_attn, xs, coss, sins, shard_taps)])
+        attn = all_reduce([a(x, c, s, t, kv) for a, x, c, s, t, kv in
+                           zip(self.self_attn, xs, coss, sins, shard_taps, kvs or [None] * self.tp)])
         hs2 = [h + a for h, a in zip(hs, attn)]
         xs2 = [norm(h) for norm, h in zip(self.post_attention_layernorm, hs2)]
         down = all_reduce([m(x, t) for m, x, t in zip(self.mlp, xs2, shard_taps)])
@@ -336,6 +363,7 @@ class ShardedLlama(nn.Module):
         self.layers = nn.ModuleList(ShardedDecoderLayer(layer, self.config, tp) for layer in model.layers)
         self.norm = _norm(model.norm, 0)
         self.lm_head = None if model.lm_head is None else _linear(model.lm_head.weight, 0)
+        self.paged_defects = dict(model.paged_defects)
 
     @staticmethod
     def _embedding(src: nn.Embedding, device: int) -> nn.Embedding:
@@ -365,6 +393,24 @@ class ShardedLlama(nn.Module):
         for layer in self.layers:
             hs = layer.forward_replicated(hs, coss, sins)
         return self.head(hs[0][:, first:])
+
+    def paged(self, tokens: torch.Tensor, start_positions: torch.Tensor, seq_lens: torch.Tensor,
+              page_table: torch.Tensor, *caches: torch.Tensor, layout: PagedLayout) -> torch.Tensor:
+        """Llama.paged on tp devices: `caches` are the devices' shards of the unsharded `layout`'s cache
+        (`split_cache`), device d's on device d, each updated in place; the call's positions, lengths and
+        page table replicated."""
+        tp, dtype = self.tp, self.embed_tokens.weight.dtype
+        hs = [embed(t) for embed, t in zip(self.embed_replicas, replicate(tokens, tp))]
+        positions = start_positions[:, None] + torch.arange(tokens.shape[1])
+        cos, sin = rope_at(self.config, positions, dtype)
+        coss, sins = replicate_rope(cos[:, None], sin[:, None], dtype, tp)
+        per_device = list(zip(*(replicate(x, tp) for x in (positions, seq_lens, page_table))))
+        layouts = [dataclasses.replace(layout, kv_heads=len(cache_heads(self.config, tp, d))) for d in range(tp)]
+        for i, layer in enumerate(self.layers):
+            kvs = [PagedKV(caches[d], layouts[d], i, *per_device[d], self.paged_defects.get(i),
+                           functools.partial(to_device, device=d)) for d in range(tp)]
+            hs = layer.forward_replicated(hs, coss, sins, kvs=kvs)
+        return self.head(hs[0])
 
 
 def shard(model: Llama, tp: int, name: str = "the model") -> ShardedLlama:

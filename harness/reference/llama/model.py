@@ -131,7 +131,7 @@ class Attention(nn.Module):
         group = self.n_heads // self.n_kv_heads
         k = k.repeat_interleave(group, dim=1)
         v = v.repeat_interleave(group, dim=1)
-        out = self.attend(q, k, v) if mask is None else self.attend(q, k, v, lambda *_: mask)
+        out = self.attend(q, k, v) if mask is None else self.attend(q, k, v, mask_fn=lambda *_: mask)
         out = tap(taps, "attention", out.transpose(1, 2).reshape(bsz, seq_len, -1))
         return tap(taps, "o_proj", self.o_proj(out))
 

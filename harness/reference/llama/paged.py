@@ -19,6 +19,7 @@ sequence's length). Prefill, chunked prefill and decode are the same call with d
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import torch
 
@@ -52,10 +53,11 @@ class PagedLayout:
     def allocate(self, dtype: torch.dtype) -> torch.Tensor:
         return torch.zeros(self.n_pages, self.page_elems, dtype=dtype)
 
-    def rows(self, pages: torch.Tensor, layer: int, kv: int, slots: torch.Tensor) -> torch.Tensor:
+    def rows(self, pages: torch.Tensor, layer: int, kv: int, slots: torch.Tensor,
+             heads: torch.Tensor | None = None) -> torch.Tensor:
         """Row indices into the cache viewed as [n_pages * n_layers * 2 * kv_heads * stride, head_dim]:
-        `pages` and `slots` [batch, positions] -> [batch, kv_heads, positions]."""
-        heads = torch.arange(self.kv_heads)[None, :, None]
+        `pages` and `slots` [batch, positions] -> [batch, kv_heads, positions]; `heads`: arange(kv_heads)."""
+        heads = (torch.arange(self.kv_heads) if heads is None else heads)[None, :, None]
         block = ((pages[:, None, :] * self.n_layers + layer) * 2 + kv) * self.kv_heads + heads
         return block * self.stride + slots[:, None, :]
 
@@ -85,6 +87,9 @@ class PagedKV:
     seq_lens: torch.Tensor
     page_table: torch.Tensor
     defect: str | None = None
+    # Where the index constants go: on a device of their own at TP > 1 (transforms/shard.py: iree-compile 3.9
+    # fails on a constant that several devices use without a transfer).
+    place: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
 
     def _pages(self, positions: torch.Tensor) -> torch.Tensor:
         stride, columns = self.layout.stride, self.page_table.shape[1]
@@ -105,12 +110,14 @@ class PagedKV:
         pages = torch.where(positions < self.seq_lens[:, None], self._pages(positions), 0)
         pages = pages + (defect == "page_index")
         slots = positions % layout.stride
+        heads = self.place(torch.arange(layout.kv_heads))
         for kv, value in ((0, k), (1, v)):
-            index = layout.rows(pages, self.layer, kv, slots).flatten()
+            index = layout.rows(pages, self.layer, kv, slots, heads).flatten()
             rows.index_put_((index,), value.flatten(0, 2).to(rows.dtype))
-        keys = torch.arange(self.page_table.shape[1] * layout.stride)[None]
+        keys = self.place(torch.arange(self.page_table.shape[1] * layout.stride))[None]
         read_pages, read_slots = self.page_table[:, keys[0] // layout.stride], keys % layout.stride
-        k_all, v_all = (before[layout.rows(read_pages, self.layer, kv, read_slots)].to(k.dtype) for kv in (0, 1))
+        k_all, v_all = (before[layout.rows(read_pages, self.layer, kv, read_slots, heads)].to(k.dtype)
+                        for kv in (0, 1))
         limit = self.positions[:, :, None] + (defect == "mask_offset")
         valid = _and(keys[:, None, :] <= limit, keys[:, None, :] < self.seq_lens[:, None, None])
         mask = torch.where(valid, 0.0, float("-inf")).to(k.dtype)[:, None]
