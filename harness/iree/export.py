@@ -10,7 +10,6 @@ fault planted in one tensor) need a new archive, not a new trace and compile.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 import warnings
@@ -50,6 +49,15 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f"{path.stem}.tmp{time.monotonic_ns()}{path.suffix}")
 
 
+def _linear_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """aten.linear on the rows of x, batch dimensions folded: IREE 3.9 lowers a linear of a [N, S, K] input
+    with N > 1 to a batched matmul over the weight broadcast to [N, K, M], materialized (SmolLM2 decode_bs4: a
+    step 8x decode_bs1's, where the weights read per step are the same)."""
+    out = torch.mm(x.reshape(-1, x.shape[-1]), weight.t())  # not F.linear: this decomposes it
+    out = out if bias is None else out + bias
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
 def export_program(module: torch.nn.Module, entries: list[Entry], program_key: str, params_key: str,
                    reproducer: str, mutates_inputs: bool = False) -> Exported:
     """Export `entries` of `module`, reusing the cached program (`program_key`: code, shapes, dtype)
@@ -67,9 +75,11 @@ def export_program(module: torch.nn.Module, entries: list[Entry], program_key: s
             builder = aot.FxProgramsBuilder(module)
             # Without turbine's default AOT decompositions (61 ops), torch.export skips re-tracing every
             # program through run_decompositions: half the export time (SmolLM2 forward 18 s -> 9 s), and
-            # the compiler lowers these models' ops itself (the same logits to the last bit).
-            decompositions = contextlib.nullcontext() if mutates_inputs else extend_aot_decompositions(from_current=False)
-            with decompositions:
+            # the compiler lowers these models' ops itself (the same logits to the last bit). A program that
+            # mutates its inputs needs that pass, and gets its linears folded to 2-d on the way (_linear_2d).
+            with extend_aot_decompositions(from_current=mutates_inputs) as table:
+                if mutates_inputs:
+                    table[torch.ops.aten.linear.default] = _linear_2d
                 for entry in entries:
                     arg_device = {i: DeviceAffinity(d) for i, d in (entry.arg_device or {}).items()} or None
                     builder.export_program(entry.fn, name=entry.name, args=entry.args, strict=False,
