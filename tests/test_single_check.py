@@ -22,7 +22,8 @@ SERVING = set(SERVING_CHECKS)
     (["suites/llama/test_perplexity.py", *TOY], {"skipped"}, 0),  # a toy has no text: recorded as skipped
     (["suites/llama", "-k", "layers", *TOY], {"layers"}, 1),
     (["suites/llama", "-k", "end_to_end", *TOY], {"end_to_end"}, 0),
-    (["suites/llama", "-k", "perplexity", "--model", "smollm2-135m", "--dtype", "fp32"], {"perplexity"}, 0),
+    # -k test_perplexity: the module (test_serving.py's test_decode_perplexity would match "perplexity").
+    (["suites/llama", "-k", "test_perplexity", "--model", "smollm2-135m", "--dtype", "fp32"], {"perplexity"}, 0),
     (["suites/llama", "--model", "toy-gqa", "--dtype", "q8_0"], {"end_to_end", "layers", "skipped", *SERVING}, 1),
     # Without the serving suite: two more serving programs to compile would add a minute to the default run.
     (["suites/llama", "-n", "2", "--model", "toy-gqa", "--dtype", "fp32,fp16", "-k", "not perplexity and not serving"],
