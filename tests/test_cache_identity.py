@@ -20,7 +20,7 @@ def test_module_key_is_the_compilers_bytes(tmp_path, monkeypatch):
     flags = Target().compile_flags()
     first, _, _ = compiler.compile_module(mlir, flags)
     # Unique per run, so a rerun does not find the last run's module under the same fake identity.
-    monkeypatch.setattr(compiler, "compiler_identity", lambda: f"another build, same version string {tmp_path}")
+    monkeypatch.setattr(compiler, "compiler_identity", lambda path="": f"another build, same version {tmp_path}")
     other, _, cached = compiler.compile_module(mlir, flags)
     assert other != first and not cached
     other.unlink()

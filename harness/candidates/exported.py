@@ -188,7 +188,7 @@ class ExportedCandidate:
                 st.seconds, st.cached = exported.seconds, exported.cached
             flags = self.target.compile_flags(tp, program)
             with self.stages.timed("compile", stage_label) as st:
-                vmfb, st.seconds, st.cached = compile_module(exported.mlir, flags)
+                vmfb, st.seconds, st.cached = compile_module(exported.mlir, flags, self.target.compiler)
             with self.stages.timed("run", stage_label):
                 self._modules[label] = CompiledModule(vmfb, exported.irpa, self.target.device(tp), tp,
                                                       source=(exported.mlir, flags))

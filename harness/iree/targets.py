@@ -12,7 +12,7 @@ import re
 import subprocess
 
 from harness.common.errors import HarnessError
-from harness.iree.compiler import tool
+from harness.iree.compiler import compiler_path
 from harness.reference.llama.attention import IMPLS
 
 TARGET_FLAGS: dict[str, list[str]] = {
@@ -65,12 +65,12 @@ LOCAL_TASK_MAX_DEVICES = 4
 
 
 @functools.cache
-def host_cpu() -> tuple[str, str]:
-    """The CPU name and feature string that iree-compile resolves `host` to (LLVM's: e.g. "znver3"; a VM
-    may report an older model than its features, as this project's Xeons with AMX report "rocketlake", so
-    the features, not the name, say what code runs)."""
+def host_cpu(compiler: str = "") -> tuple[str, str]:
+    """The CPU name and feature string that iree-compile (`compiler`, default the pip one) resolves `host` to
+    (LLVM's: e.g. "znver3"; a VM may report an older model than its features, as this project's Xeons with
+    AMX report "rocketlake", so the features, not the name, say what code runs)."""
     probe = "func.func @f(%a: tensor<4xf32>) -> tensor<4xf32> {\n  return %a : tensor<4xf32>\n}\n"
-    proc = subprocess.run([tool("iree-compile"), "-", "--compile-to=executable-targets",
+    proc = subprocess.run([compiler_path(compiler), "-", "--compile-to=executable-targets",
                            "--iree-hal-target-device=local", "--iree-hal-local-target-device-backends=llvm-cpu",
                            "--iree-llvmcpu-target-cpu=host"], input=probe, capture_output=True, text=True)
     name, features = (re.search(rf'\b{key} = "([^"]*)"', proc.stdout) for key in ("cpu", "cpu_features"))
@@ -88,10 +88,11 @@ class Target:
     device_uri: str = ""  # empty: the target's default (`device`)
     extra_flags: tuple[str, ...] = ()
     attention: str = ""  # one of attention.IMPLS; empty: DEFAULT_ATTENTION of the target
+    compiler: str = ""  # the iree-compile executable (a user's build, --iree-compile); empty: the pip one
 
     @property
     def cpu_name(self) -> str:
-        return host_cpu()[0] if self.cpu == "host" else self.cpu
+        return host_cpu(self.compiler)[0] if self.cpu == "host" else self.cpu
 
     @property
     def cpu_family(self) -> str:
@@ -101,7 +102,7 @@ class Target:
     @property
     def cpu_features(self) -> str:
         """`host`'s features when compiling for this machine; else those the CPU name implies."""
-        return host_cpu()[1] if self.cpu == "host" else ""
+        return host_cpu(self.compiler)[1] if self.cpu == "host" else ""
 
     @property
     def attention_impl(self) -> str:
@@ -120,6 +121,7 @@ class Target:
         if self.hal_target_device not in TARGET_FLAGS:
             raise HarnessError(f"--iree-hal-target-device: unknown target {self.hal_target_device!r}; "
                                f"known: {', '.join(TARGET_FLAGS)}")
+        compiler_path(self.compiler)  # a --iree-compile that cannot run is bad input, refused up front
         if self.attention not in ("", *IMPLS):
             raise HarnessError(f"--attention: unknown formulation {self.attention!r}; known: {', '.join(IMPLS)}")
         drivers = {u.split("://")[0] for u in self.device().split(",") if u}

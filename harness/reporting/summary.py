@@ -217,7 +217,9 @@ def sections(recs: list[dict]) -> list[tuple[str, tuple[list[str], list[list]]]]
 
 def _versions(recs: list[dict]) -> str:
     versions = next((r["versions"] for r in recs if "versions" in r), {})
-    return "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
+    compilers = {json.dumps(r["compiler"], sort_keys=True): r["compiler"] for r in recs if r.get("compiler")}
+    return "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) + "".join(
+        f"; iree-compile {c['path']} ({c['version']}, sha256 {c['sha256'][:12]})" for c in compilers.values())
 
 
 def _machine(recs: list[dict]) -> str:

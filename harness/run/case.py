@@ -17,6 +17,7 @@ from harness.common.dtypes import quantization
 from harness.common.errors import HarnessError
 from harness.common.host import machine
 from harness.data.dataset import BUNDLED_PATH
+from harness.iree.compiler import compiler_record
 from harness.numerics.tolerance import Policy, policy
 from harness.reference.eager import Reference
 from harness.reference.registry import ModelSpec, resolve
@@ -100,5 +101,6 @@ class Case:
                         if "weights" in self.__dict__ else None),
             "stages": self.candidate.stages.to_record() if "candidate" in self.__dict__ else {},
             "fault": self.fault.id if self.fault else None,
-            "command": cfg.command(), "versions": versions(), "machine": machine(), "time": time.time(), **fields,
+            "command": cfg.command(), "versions": versions(), "compiler": compiler_record(cfg.target.compiler),
+            "machine": machine(), "time": time.time(), **fields,
         }

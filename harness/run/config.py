@@ -37,4 +37,5 @@ class RunConfig:
                            "--tp", str(self.tp), "--seq-len", str(self.seq_len),
                            "--iree-hal-target-device", t.hal_target_device, "--iree-device", t.device(self.tp),
                            "--threads", str(torch.get_num_threads()),
-                           *(["--attention", t.attention] if t.attention else [])])
+                           *(["--attention", t.attention] if t.attention else []),
+                           *(["--iree-compile", t.compiler] if t.compiler else [])])

@@ -42,6 +42,8 @@ TARGET_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     (("--attention",), dict(choices=IMPLS, default="", help="attention as torch's fused SDPA or "
                             "as matmul + softmax, in eager and compiled alike (default: math on local, sdpa on "
                             "GPUs)")),
+    (("--iree-compile",), dict(default="", help="the iree-compile executable to judge (a build of your own; "
+                               "default: the pip iree-base-compiler's); its content hash keys the compile cache")),
     (("--iree-compile-flag",), dict(action="append", default=[], help="extra iree-compile flag; repeatable")),
     (("--threads",), dict(type=int, default=0, help="CPU threads of eager torch and of IREE's local-task workers "
                           "alike (default: torch's count, one per core)")),
