@@ -16,7 +16,7 @@ eager's same call, both against the fp64 oracle's:
 - decode_perplexity: sharktank's perplexity_iree protocol (no BOS; prefill a prefix, then teacher-forced
   decode one token at a time; each prompt's perplexity, averaged over prompts) on a few prompts, the
   candidate's decode mode paired with its own prefill mode of the same tokens and with eager's decode mode
-  (perplexity/gate.py's paired gate, the dtype's budget);
+  (perplexity/gate.py's paired gates on the mean dNLL and the mean KLD, the dtype's budget);
 - bisect_decode: a failing decode localised to its step, layer and sub-block, with a reproducer.
 
 Every engine starts from the same cache: page 0 zeroed (sharktank's padding writes land there, and an

@@ -25,7 +25,10 @@ All-reduce: the partials are transferred to device 0 and summed there in device 
 broadcast, so every device continues from bitwise the same values. Transfers are iree-turbine's
 `transfer_to_logical_device` (`flow.tensor.transfer` in the program). Every parameter carries a
 `DeviceTensorTrait`: its global gets `stream.affinity = #hal.device.promise<@__device_d>` and is loaded
-from the parameter archive straight onto device d. Program inputs and results live on device 0.
+from the parameter archive straight onto device d. Program inputs and results live on device 0, except the
+paged cache of a serving program: one argument per device, device d's shard on device d (`split_cache`:
+device d's KV heads, its one KV head repeated per query head where HeadCopies copies it), each updated in
+place there, as sharktank passes one cache per shard.
 
 The math is model.py's: each device's shard is a model.py `Attention` / `FeedForward` with fewer heads
 or columns (same forward, same activation, so a planted op fault carries over) and model.py's
