@@ -16,8 +16,7 @@ import time
 import warnings
 
 import torch
-from prefill import _timed  # bench/ is the script's directory, so on sys.path
-from tabulate import tabulate
+from prefill import _timed, print_table  # bench/ is the script's directory, so on sys.path
 
 
 def bandwidth_gbs(mib: int = 512, repeats: int = 5) -> float:
@@ -39,7 +38,6 @@ def main() -> None:
     args = ap.parse_args()
     warnings.simplefilter("ignore", FutureWarning)
     from harness.checks.serving import QUICK, allocate, pad
-    from harness.common.host import machine
     from harness.reference.llama.paged import cache_dtype
     from harness.run import options
     from harness.run.case import Case
@@ -53,7 +51,8 @@ def main() -> None:
         case = Case(RunConfig(args.model, dtype))
         config = case.weights.config
         layout = shape.layout(config)
-        weight_bytes = sum(t.numel() for t in case.weights.state_dict.values()) * case.reference.variant.torch_dtype.itemsize
+        itemsize = case.reference.variant.torch_dtype.itemsize
+        weight_bytes = sum(t.numel() for t in case.weights.state_dict.values()) * itemsize
         engines = {"eager": case.reference.eager.serving(shape), "iree": case.candidate.serving(shape)}
         for batch in (int(b) for b in args.batch.split(",")):
             total = args.prefill + args.steps
@@ -66,8 +65,8 @@ def main() -> None:
             rates = {}
             for name, engine in engines.items():
                 engine.write_cache(cache)
-                engine.prefill(pad(seqs[:, :args.prefill], shape.prefill_len, config.vocab_size), torch.zeros(batch, dtype=torch.int64),
-                               torch.full((batch,), args.prefill), table)
+                engine.prefill(pad(seqs[:, :args.prefill], shape.prefill_len, config.vocab_size),
+                               torch.zeros(batch, dtype=torch.int64), torch.full((batch,), args.prefill), table)
                 start = time.perf_counter()
                 for q in range(args.prefill, total):
                     position = torch.full((batch,), q)
@@ -78,12 +77,9 @@ def main() -> None:
                          *(f"{rates[n] * batch:.1f} ({rates[n] / limit:.0%})" for n in ("eager", "iree")),
                          f"{rates['iree'] / rates['eager']:.2f}x"])
             print(rows[-1], flush=True)
-    m = machine()
-    print(f"\n{m['cpu']} (LLVM {m['llvm_cpu']}; {' '.join(m['cpu_features'])}), {m['threads']} threads eager, "
-          f"{m['iree_workers']} IREE CPU workers; copy bandwidth {bandwidth:.1f} GB/s")
-    print(tabulate(rows, tablefmt="github", headers=[
+    print_table(rows, f"copy bandwidth {bandwidth:.1f} GB/s", [
         "model", "dtype", "batch", "MiB read per step", "bandwidth limit tok/s", "eager tok/s (% of limit)",
-        "IREE tok/s (% of limit)", "IREE / eager"]))
+        "IREE tok/s (% of limit)", "IREE / eager"])
 
 
 if __name__ == "__main__":

@@ -46,6 +46,16 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def print_table(rows: list[list], limit: str, headers: list[str]) -> None:
+    """The machine the figures were measured on, the limit they are measured against, then the table."""
+    from harness.common.host import machine
+
+    m = machine()
+    print(f"\n{m['cpu']} (LLVM {m['llvm_cpu']}; {' '.join(m['cpu_features'])}), {m['threads']} threads eager, "
+          f"{m['iree_workers']} IREE CPU workers; {limit}")
+    print(tabulate(rows, tablefmt="github", headers=headers))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -58,7 +68,6 @@ def main() -> None:
                     "without half-precision units)")
     args = ap.parse_args()
     warnings.simplefilter("ignore", FutureWarning)
-    from harness.common.host import machine
     from harness.reference.eager import EagerModel
     from harness.run import options
     from harness.run.case import Case
@@ -91,13 +100,10 @@ def main() -> None:
                            for s in ("export", "compile")),
                          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f}"])
             print(rows[-1], flush=True)
-    m = machine()
-    print(f"\n{m['cpu']} (LLVM {m['llvm_cpu']}; {' '.join(m['cpu_features'])}), {m['threads']} threads eager, "
-          f"{m['iree_workers']} IREE CPU workers; fp32 GEMM peak {peak:.1f} GFLOP/s")
-    print(tabulate(rows, tablefmt="github", headers=[
+    print_table(rows, f"fp32 GEMM peak {peak:.1f} GFLOP/s", [
         "model", "dtype", "TP", "tokens", "eager tok/s (fp32; fp16/bf16 emulated)", "eager native tok/s",
         "IREE tok/s", "IREE / eager", "IREE / eager native", "IREE % of fp32 peak", "export s", "compile s",
-        "peak RSS GiB (process so far)"]))
+        "peak RSS GiB (process so far)"])
 
 
 if __name__ == "__main__":

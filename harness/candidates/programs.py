@@ -45,11 +45,15 @@ def _head(model: Llama, h):
     return model.head(h.to(_dtype(model))).float()
 
 
+def _with_taps(out: torch.Tensor, taps: dict) -> tuple[torch.Tensor, ...]:
+    """A layer entry's results: its output, then every sub-block's (SUB_BLOCKS order), in fp32."""
+    return (out.float(), *(taps[name].float() for name in SUB_BLOCKS))
+
+
 def _layer(index: int):
     def layer(model: Llama, h):
         taps = {}
-        out = model.layers[index](h.to(_dtype(model)), *model.rope(h.shape[1]), taps)
-        return (out.float(), *(taps[name].float() for name in SUB_BLOCKS))
+        return _with_taps(model.layers[index](h.to(_dtype(model)), *model.rope(h.shape[1]), taps), taps)
     return layer
 
 
@@ -86,7 +90,8 @@ def serving_entries(model: Llama | ShardedLlama, shape: ServingShape) -> list[En
         # Distinct tensors: torch.export binds one tensor passed twice to one argument.
         starts, lens = torch.zeros(n, dtype=torch.int64), torch.ones(n, dtype=torch.int64)
         table, tokens = torch.zeros(n, shape.columns, dtype=torch.int64), torch.zeros(n, shape.prefill_len, dtype=torch.int64)
-        entries += [Entry(f"prefill_bs{n}", _serving(shape, False), (tokens, starts, lens, table, *caches), on_devices),
+        entries += [Entry(f"prefill_bs{n}", _serving(shape, False), (tokens, starts, lens, table, *caches),
+                          on_devices),
                     Entry(f"decode_bs{n}", _serving(shape, True), (tokens[:, :1], lens, starts, table, *caches),
                           on_devices)]
     return entries
@@ -97,7 +102,7 @@ def _decode_layer(index: int, shape: ServingShape):
         taps = {}
         out = model.paged_layer(index, h.to(_dtype(model)), start_positions, seq_lens, page_table, cache,
                                 shape.layout(model.config), taps)
-        return (out.float(), *(taps[name].float() for name in SUB_BLOCKS))
+        return _with_taps(out, taps)
     return layer
 
 
