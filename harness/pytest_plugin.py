@@ -197,8 +197,14 @@ class Conclusion:
 
 @pytest.fixture
 def conclude(request, case, write_record) -> Conclusion:
-    return Conclusion(request.config.harness_expected, case, request.function.__name__.removeprefix("test_"),
-                      write_record)
+    """The check's conclusion; a check the candidate cannot take (a sharktank export has no per-layer program)
+    is skipped, recorded with the reason."""
+    check = request.function.__name__.removeprefix("test_")
+    reason = case.candidate.unsupported(check)
+    if reason:
+        write_record({"kind": "skipped", "config": case.config.id, "check": check, "reason": f"{check}: {reason}"})
+        pytest.skip(f"{check}: {reason}")
+    return Conclusion(request.config.harness_expected, case, check, write_record)
 
 
 def pytest_sessionfinish(session):

@@ -1,5 +1,5 @@
 """What is judged, behind one small protocol, whatever it is: a program the harness exports and compiles
-from its own reference (exported.py), eager itself (eager.py), and later a user's artifact.
+from its own reference (exported.py), eager itself (eager.py), and a user's sharktank export (artifact.py).
 
 A candidate says what it is (`describe`, for the report and the cache), which programs it offers and runs
 them: `forward(seq_len, first)` maps tokens to logits (the end-to-end check, perplexity, lm-eval), and
@@ -67,6 +67,9 @@ class Candidate(Protocol):
 
     def describe(self) -> dict:
         """What it is, for the report and the cache."""
+
+    def unsupported(self, check: str) -> str | None:
+        """Why it cannot take `check` ("layers", "batching", ...), or None: the check is then a recorded skip."""
 
     def forward(self, seq_len: int, first: int = 0) -> Forward: ...
 

@@ -18,6 +18,9 @@ class EagerCandidate:
         return {"candidate": "eager", "name": self.name,
                 "emulated": str(self.model.emulated).removeprefix("torch.") if self.model.emulated else None}
 
+    def unsupported(self, check: str) -> str | None:
+        return None
+
     def forward(self, seq_len: int, first: int = 0) -> EagerModel:
         return self.model  # eager takes any length
 

@@ -149,6 +149,9 @@ class ExportedCandidate:
         return {"candidate": "exported", "target": self.target.name, "device": self.target.device(self.tp),
                 "attention": self.variant.attention, "fault": self.fault.id if self.fault else None}
 
+    def unsupported(self, check: str) -> str | None:
+        return None  # it builds every program each check needs
+
     def model(self, tp: int) -> Llama:
         """The model this candidate compiles, on `tp` devices."""
         model = plant_fault(self.variant.build(fp8_decode=FP8_DECODE[self.target.hal_target_device]), self.fault)

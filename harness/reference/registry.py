@@ -92,17 +92,17 @@ def resolve(model: str) -> ModelSpec:
         return REGISTRY[model]
     if model.startswith("hf:"):
         hf_id = model.removeprefix("hf:")
-        return ModelSpec(_slug(hf_id), None, **_hf(hf_id))
+        return ModelSpec(slug(hf_id), None, **_hf(hf_id))
     path = Path(model)
     if path.suffix == ".gguf":
         if not path.is_file():
             raise HarnessError(f"--model {model}: no such GGUF file")
-        return ModelSpec(_slug(path.stem), None, **_gguf(lambda: path))
+        return ModelSpec(slug(path.stem), None, **_gguf(lambda: path))
     if path.is_dir():
-        return ModelSpec(_slug(path.name), None, **_hf(str(path)))
+        return ModelSpec(slug(path.name), None, **_hf(str(path)))
     raise HarnessError(f"--model: unknown model {model!r}; known: {', '.join(REGISTRY)}, "
                        "or a path to a .gguf file / Hugging Face directory, or hf:<repo id>")
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-")

@@ -4,15 +4,19 @@ and the record that each check's result becomes (configuration, candidate, stage
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from functools import cached_property
 from typing import Callable
 
 import torch
 
-from harness.candidates import Forward
+from harness.artifacts.sharktank import Artifact
+from harness.candidates import Candidate, Forward
+from harness.candidates.artifact import ArtifactCandidate
 from harness.candidates.exported import ExportedCandidate
 from harness.checks import Inputs
+from harness.checks.serving import Plan
 from harness.common.dtypes import quantization
 from harness.common.errors import HarnessError
 from harness.common.host import machine
@@ -34,28 +38,39 @@ class Case:
 
     def __init__(self, config: RunConfig, fault: Fault | None = None):
         self.config, self.fault = config, fault
-        self.spec: ModelSpec = resolve(config.model)
+        self.artifact = Artifact(config.artifact) if config.artifact else None
+        self.spec: ModelSpec = (resolve(config.model) if not self.artifact
+                                else self.artifact_spec(resolve(config.model) if config.model else None))
+
+    def artifact_spec(self, model: ModelSpec | None) -> ModelSpec:
+        """The export's model: its IRPA's weights, and the tokenizer of `model` (--model), if named."""
+        if self.fault:
+            raise HarnessError(f"--artifact {self.config.artifact}: faults are planted in the harness's own export")
+        return ModelSpec(self.config.name, None, lambda: self.artifact.weights,
+                         load_tokenizer=model.load_tokenizer if model else None)
 
     @cached_property
     def weights(self) -> LoadedWeights:
         weights = self.spec.load_weights()
-        check_tp(weights.config, self.config.tp, self.config.model, quantization(self.config.dtype))
+        check_tp(weights.config, self.config.tp, self.config.name, quantization(self.config.dtype))
         if self.config.seq_len > weights.config.max_seq_len:
-            raise HarnessError(f"--seq-len {self.config.seq_len}: {self.config.model} takes at most "
+            raise HarnessError(f"--seq-len {self.config.seq_len}: {self.config.name} takes at most "
                                f"{weights.config.max_seq_len} tokens")
         return weights
 
     @cached_property
     def reference(self) -> Reference:
         spec, vocab = self.spec, self.weights.config.vocab_size
-        return Reference(self.config.model, self.weights, self.config.dtype, self.config.target.attention_impl,
+        return Reference(self.config.name, self.weights, self.config.dtype, self.config.target.attention_impl,
                          self.config.eager_mode, spec.load_tokenizer,
                          lambda: w8a8.calibration_batches(spec.load_tokenizer() if spec.real_text else None, vocab),
                          spec.load_transformers)
 
     @cached_property
-    def candidate(self) -> ExportedCandidate:
+    def candidate(self) -> Candidate:
         c = self.config
+        if self.artifact:
+            return ArtifactCandidate(self.artifact, c.target, self.weights.config, self.reference.variant.torch_dtype)
         return ExportedCandidate(self.reference.variant, c.target, c.tp, c.seq_len, self.fault, c.model, c.command())
 
     @cached_property
@@ -78,6 +93,19 @@ class Case:
         tokens = self.reference.fp32.sample(prompts, length)
         return Inputs(tokens.reshape(1, -1), f"{prompts} prompts sampled from the fp32 eager model, seed 0")
 
+    def serving_plan(self, plan: Plan) -> Plan:
+        """`plan` at the candidate's serving shape: an export's block_seq_stride and batch sizes, and chunks that
+        start on a page (sharktank's prefill writes whole pages: a chunk starting mid-page overwrites the page's
+        earlier positions, tests/test_sharktank_artifact.py)."""
+        if not self.artifact:
+            return plan
+        shape = self.artifact.shape(plan.shape)
+        batch = max((b for b in shape.batches if b <= len(plan.lengths)), default=1)
+        total, stride = sum(plan.chunks), shape.stride
+        whole = min(len(plan.chunks) - 1, (total - 1) // stride)
+        return dataclasses.replace(plan, shape=shape, lengths=plan.lengths[:batch],
+                                   chunks=(stride,) * whole + (total - whole * stride,))
+
     @property
     def policy(self) -> Policy:
         return policy(self.config.dtype)
@@ -94,12 +122,13 @@ class Case:
     def record(self, kind: str, **fields) -> dict:
         cfg = self.config
         return {
-            "kind": kind, "config": cfg.id, "model": cfg.model, "dtype": cfg.dtype, "tp": cfg.tp,
+            "kind": kind, "config": cfg.id, "model": cfg.name, "dtype": cfg.dtype, "tp": cfg.tp,
             "target": cfg.target.name, "device": cfg.target.device(cfg.tp), "eager_mode": cfg.eager_mode,
             "attention": cfg.target.attention_impl,
             "weights": ({"source": self.weights.source, "sha256": self.weights.sha256}
                         if "weights" in self.__dict__ else None),
             "stages": self.candidate.stages.to_record() if "candidate" in self.__dict__ else {},
+            "artifact": self.artifact.describe() if self.artifact else None,
             "fault": self.fault.id if self.fault else None,
             "command": cfg.command(), "versions": versions(), "compiler": compiler_record(cfg.target.compiler),
             "machine": machine(), "time": time.time(), **fields,

@@ -1,15 +1,18 @@
-"""One configuration of the matrix: model x dtype x TP x target (and the eager reference's mode)."""
+"""One configuration of the matrix: model x dtype x TP x target (and the eager reference's mode), or a user's
+sharktank export (`artifact`, a directory) in its dtype on the target."""
 
 from __future__ import annotations
 
 import dataclasses
 import shlex
+from pathlib import Path
 
 import torch
 
 from harness.common.dtypes import torch_dtype
 from harness.common.errors import HarnessError
 from harness.iree.targets import Target
+from harness.reference.registry import slug
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,6 +23,7 @@ class RunConfig:
     seq_len: int = 128
     target: Target = Target()
     eager_mode: str = "emulated"
+    artifact: str = ""  # a sharktank export's directory; `model` then only lends its tokenizer ("" for none)
 
     def __post_init__(self):
         torch_dtype(self.dtype)  # an unknown --dtype is bad input, refused before any work
@@ -27,13 +31,19 @@ class RunConfig:
             raise HarnessError(f"--seq-len {self.seq_len}: must be a positive number of tokens")
 
     @property
+    def name(self) -> str:
+        """The model's name, or the export directory's for an artifact."""
+        return slug(Path(self.artifact).resolve().name) if self.artifact else self.model
+
+    @property
     def id(self) -> str:
-        return f"{self.model}-{self.dtype}-tp{self.tp}"
+        return f"{self.name}-{self.dtype}-tp{self.tp}"
 
     def command(self) -> str:
         """The command line that reruns this configuration on its own."""
         t = self.target
-        return shlex.join(["python", "-m", "harness", "run", "--model", self.model, "--dtype", self.dtype,
+        return shlex.join(["python", "-m", "harness", "run", *(["--artifact", self.artifact] if self.artifact else []),
+                           *(["--model", self.model] if self.model else []), "--dtype", self.dtype,
                            "--tp", str(self.tp), "--seq-len", str(self.seq_len),
                            "--iree-hal-target-device", t.hal_target_device, "--iree-device", t.device(self.tp),
                            "--threads", str(torch.get_num_threads()),

@@ -63,6 +63,8 @@ def run_configs(get: Callable[[str], object], check: str | None = None) -> list[
     """The configuration matrix the options describe; `get(dest)` reads an option. With `check`
     ("end_to_end", "layers", "perplexity"), the default matrix's entries that do not run it are left out."""
     t = target(get)
+    if get("artifact"):
+        return artifact_configs(get, t)
     if get("model") is None and get("dtype") is None and get("tp") is None:
         matrix = [entry for entry in DEFAULT_MATRIX if check is None or entry[3] is None or check in entry[3]]
     else:
@@ -75,3 +77,24 @@ def run_configs(get: Callable[[str], object], check: str | None = None) -> list[
                   for model in _csv(get("model"), DEFAULT_MODELS)]
     return [RunConfig(model, dtype, tp, get("seq_len"), t, get("eager_reference"))
             for model, dtypes, tps, _ in matrix for dtype in dtypes for tp in tps]
+
+
+def artifact_configs(get: Callable[[str], object], t: Target) -> list[RunConfig]:
+    """One configuration per --artifact, in --dtype or the export's own (read here from its config; an
+    unreadable export keeps fp32 and fails in its own tests, so the other exports go on)."""
+    from harness.artifacts.sharktank import Artifact
+
+    models = _csv(get("model"), ("",)) or [""]
+    if len(models) > 1:
+        raise HarnessError(f"--model with --artifact names the tokenizer's model: give one, not {len(models)}")
+    if _csv(get("tp"), ("1",)) != ["1"]:
+        raise HarnessError("--tp with --artifact: an export's tensor parallelism is its own (read from its config)")
+    configs = []
+    for path in _csv(get("artifact"), ()):
+        try:
+            dtypes = _csv(get("dtype"), (Artifact(path).dtype,))
+        except HarnessError:
+            dtypes = _csv(get("dtype"), ("fp32",))
+        configs += [RunConfig(models[0], dtype, 1, get("seq_len"), t, get("eager_reference"), artifact=path)
+                    for dtype in dtypes]
+    return configs

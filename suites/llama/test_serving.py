@@ -11,15 +11,16 @@ from harness.checks import serving
 def serve(check, case, write_record, conclude, nightly: bool, prompts: bool = False, bisect_dir=None) -> None:
     """Run `check` on the case and conclude on its failures; `bisect_dir`: where a failing decode is bisected
     (--bisect-on-fail) to its step, layer and sub-block."""
-    plan = serving.NIGHTLY if nightly else serving.QUICK
+    plan = case.serving_plan(serving.NIGHTLY if nightly else serving.QUICK)
     inputs = (lambda: case.prompt_inputs(plan.prompts, plan.prompt_len)) if prompts else \
         (lambda: case.token_inputs(plan.tokens))
     rec = conclude.attempt(lambda: case.run(check, inputs=inputs(), plan=plan))
     write_record(rec)
     messages = rec["failures"]
-    if messages and bisect_dir is not None and case.config.tp > 1:
-        messages = [*messages, "bisect through decode: runs at TP 1 only (its one-layer program is not sharded); "
-                    "rerun this configuration with --tp 1 --bisect-on-fail"]
+    cannot = ("runs at TP 1 only (its one-layer program is not sharded); rerun this configuration with --tp 1 "
+              "--bisect-on-fail" if case.config.tp > 1 else case.candidate.unsupported("bisect_decode"))
+    if messages and bisect_dir is not None and cannot:
+        messages = [*messages, f"bisect through decode: {cannot}"]
     elif messages and bisect_dir is not None:
         bisection = case.run(serving.bisect_decode, inputs=case.token_inputs(plan.tokens), plan=plan,
                              artifacts=bisect_dir)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
+from typing import Callable
 
 import gguf
 import numpy as np
@@ -98,50 +99,73 @@ def _read(path: Path) -> tuple[LlamaConfig, dict[str, RawTensor]]:
         raise _fail(path, f"not a readable GGUF file (truncated or corrupt?): {type(e).__name__}: {e}")
     tensors = {t.name: t for t in reader.tensors}
     config = _config(path, reader, tensors)
-
-    raw = {}
-    for name, shape in expected_shapes(config).items():
-        stored = gguf_name(name)
-        if stored not in tensors:
-            raise _fail(path, f"missing tensor {stored} ({name})")
-        t = tensors.pop(stored)
-        kind = t.tensor_type.name
-        if kind not in SUPPORTED_TYPES:
-            raise _fail(path, f"tensor {stored} has unsupported type {kind} "
-                              f"(supported: {', '.join(SUPPORTED_TYPES)})")
-        stored_shape = tuple(reversed(t.shape.tolist()))  # GGUF lists dimensions innermost first
-        if stored_shape != shape:
-            raise _fail(path, f"tensor {stored} has shape {stored_shape}, the config implies {shape}")
-        data = t.data
-        if stored.endswith(("attn_q.weight", "attn_k.weight")):
-            data = unpermute_rows(data, config.n_heads if "attn_q" in stored else config.n_kv_heads)
-        raw[name] = RawTensor(type=kind, shape=shape, data=data)
     tensors.pop(_ROPE_FREQS, None)  # already checked against the config in _config
-    if tensors:
+    stored = {name: RawTensor(t.tensor_type.name, tuple(reversed(t.shape.tolist())), t.data)  # innermost first
+              for name, t in tensors.items()}
+    return config, llama_tensors(path, config, stored, interleaved_rope=True)
+
+
+def llama_tensors(path: Path, config: LlamaConfig, stored: dict[str, RawTensor],
+                  interleaved_rope: bool) -> dict[str, RawTensor]:
+    """The reference model's parameters from tensors stored under GGUF names (a GGUF file, or sharktank's
+    IRPA), each checked against the config's shape; `interleaved_rope`: attn_q/attn_k rows are in the
+    interleaved rotary layout (llama.cpp's), which is undone."""
+    stored, raw = dict(stored), {}
+    for name, shape in expected_shapes(config).items():
+        key = gguf_name(name)
+        if key not in stored:
+            raise _fail(path, f"missing tensor {key} ({name})")
+        t = stored.pop(key)
+        if t.type not in SUPPORTED_TYPES:
+            raise _fail(path, f"tensor {key} has unsupported type {t.type} "
+                              f"(supported: {', '.join(SUPPORTED_TYPES)})")
+        if t.shape != shape:
+            raise _fail(path, f"tensor {key} has shape {t.shape}, the config implies {shape}")
+        data = t.data
+        if interleaved_rope and key.endswith(("attn_q.weight", "attn_k.weight")):
+            data = unpermute_rows(data, config.n_heads if "attn_q" in key else config.n_kv_heads)
+        raw[name] = RawTensor(type=t.type, shape=shape, data=data)
+    if stored:
         # An unknown tensor (a bias, say) would be silently dropped and the model computed wrongly.
-        raise _fail(path, f"unexpected tensor(s) for a Llama model: {', '.join(sorted(tensors))}")
-    return config, raw
+        raise _fail(path, f"unexpected tensor(s) for a Llama model: {', '.join(sorted(stored))}")
+    return raw
 
 
 def _config(path: Path, reader: gguf.GGUFReader, tensors: dict) -> LlamaConfig:
-    def field(key: str, default=None):
+    def value(key: str):
         f = reader.fields.get(key)
-        if f is None:
+        return None if f is None else f.contents()
+
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    config = llama_config(path, value, tie_embeddings="output.weight" not in tensors,
+                          vocab_size=len(tokens.data) if tokens is not None else None)
+    if _ROPE_FREQS in tensors:
+        config = _with_llama3_scaling(path, config, gguf.quants.dequantize(
+            tensors[_ROPE_FREQS].data, tensors[_ROPE_FREQS].tensor_type),
+            value("llama.rope.scaling.original_context_length") or 8192)
+    return config
+
+
+def llama_config(path: Path, value: Callable[[str], object], tie_embeddings: bool,
+                 vocab_size: int | None = None) -> LlamaConfig:
+    """The config that GGUF's llama metadata keys describe (a GGUF file's, or sharktank's IRPA properties);
+    `value(key)` reads a key (None where absent)."""
+    def field(key: str, default=None):
+        v = value(key)
+        if v is None:
             if default is None:
                 raise _fail(path, f"missing metadata {key}")
             return default
-        value = f.contents()
         # GGUF stores floats as float32: take the shortest decimal that rounds to it (1e-05, not
         # 9.99999974e-06), which is the value the model was configured with.
-        return float(str(np.float32(value))) if isinstance(value, float) else value
+        return float(str(np.float32(v))) if isinstance(v, float) else v
 
     arch = field("general.architecture")
     if arch != "llama":
         raise _fail(path, f"architecture is {arch!r}, only 'llama' is supported")
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
     try:
         config = LlamaConfig(
-            vocab_size=len(tokens.data) if tokens is not None else field("llama.vocab_size"),
+            vocab_size=vocab_size or field("llama.vocab_size"),
             dim=field("llama.embedding_length"),
             n_layers=field("llama.block_count"),
             n_heads=field("llama.attention.head_count"),
@@ -150,21 +174,18 @@ def _config(path: Path, reader: gguf.GGUFReader, tensors: dict) -> LlamaConfig:
             rope_theta=field("llama.rope.freq_base", 10000.0),
             norm_eps=field("llama.attention.layer_norm_rms_epsilon"),
             max_seq_len=field("llama.context_length"),
-            tie_embeddings="output.weight" not in tensors,
+            tie_embeddings=tie_embeddings,
         )
     except ValueError as e:
         raise _fail(path, f"inconsistent metadata: {e}")
-    for key in ("llama.attention.key_length", "llama.attention.value_length", "llama.rope.dimension_count"):
+    for key in ("llama.attention.key_length", "llama.attention.value_length", "llama.rope.dimension_count",
+                "llama.attention.head_dim"):
         if field(key, config.head_dim) != config.head_dim:
             raise _fail(path, f"{key} is {field(key)}, the harness supports only embedding_length / "
                               f"head_count = {config.head_dim}")
     scaling_type = field("llama.rope.scaling.type", "none")
     if scaling_type != "none":
         raise _fail(path, f"unsupported RoPE scaling {scaling_type!r}")
-    if _ROPE_FREQS in tensors:
-        config = _with_llama3_scaling(path, config, gguf.quants.dequantize(
-            tensors[_ROPE_FREQS].data, tensors[_ROPE_FREQS].tensor_type),
-            field("llama.rope.scaling.original_context_length", 8192))
     return config
 
 
