@@ -69,7 +69,8 @@ def _perplexity(args):
                                      args.ppl_scheme, args.dataset, args.text_form)
         rec = case.run(perplexity.evaluate, inputs=windows, golden_dir=Path(args.golden_dir), engine=args.engine,
                        progress=True, update_golden=args.update_golden,
-                       command=shlex.join(["python", "-m", "harness", *sys.argv[1:]]), vs_fp32=not args.no_vs_fp32)
+                       command=shlex.join(["python", "-m", "harness", *sys.argv[1:]]), vs_fp32=not args.no_vs_fp32,
+                       golden_command=case.config.command("perplexity"))
         gates = "\n".join(g["message"] for g in rec["gates"]) or "no gate applies (one engine, no golden)"
         return rec, rec["passed"], "\n" + rec["summary"] + "\n" + gates
     return _each_config(args, check, "perplexity")
@@ -124,8 +125,23 @@ def parser() -> argparse.ArgumentParser:
     ppl.add_argument("--no-vs-fp32", action="store_true",
                      help="skip eager fp32 on the same windows (the dtype's own cost; one more prefill a window)")
     ppl.set_defaults(func=_perplexity)
+    export = sub.add_parser("sharktank-export", help="export a model with sharktank (its environment: .ci/setup) "
+                            "and print the directory, for --artifact")
+    export.add_argument("model", help="toy (sharktank's toy llama), smollm2-135m, or a llama .gguf file")
+    export.set_defaults(func=_sharktank_export)
     _report_parser(sub)
     return ap
+
+
+def _sharktank_export(args) -> int:
+    from harness.artifacts.exports import sharktank_export
+    from harness.reference.weights.packaged import shipped_smollm2_gguf
+
+    if args.model == "toy":
+        print(sharktank_export("toy", "12345"))
+    else:
+        print(sharktank_export("gguf", str(shipped_smollm2_gguf() if args.model == "smollm2-135m" else args.model)))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from harness.common.cache import cache_dir, digest, file_sha256
 from harness.common.errors import HarnessError
+from harness.reference.registry import slug
 
 SCRIPT = Path(__file__).with_name("sharktank_export.py")
 PROJECT = Path(__file__).resolve().parents[2]
@@ -36,12 +37,17 @@ def sharktank_version(python: Path) -> str:
 def sharktank_export(kind: str, source: str) -> Path:
     """The directory of sharktank's export of `kind` "toy" (source: the seed) or "gguf" (source: the file),
     made on first use (toy: ~20 s; SmolLM2: 1-4 min on 2 cores)."""
+    if kind == "gguf" and not Path(source).is_file():
+        raise HarnessError(f"{source}: no such GGUF file")
     python = sharktank_python()
     source_id = file_sha256(Path(source)) if kind == "gguf" else source
-    out = cache_dir("sharktank") / f"{kind}-{digest(SCRIPT.read_bytes(), kind, source_id, sharktank_version(python))}"
+    # The directory's name is the configuration's name in test ids and reports: stable, without the key.
+    name = "sharktank-" + (slug(Path(source).stem) if kind == "gguf" else kind)
+    out = cache_dir("sharktank") / digest(SCRIPT.read_bytes(), kind, source_id, sharktank_version(python)) / name
     if (out / "config.json").exists():
         return out
-    tmp = out.with_name(f"{out.name}.tmp{time.monotonic_ns()}")
+    out.parent.mkdir(exist_ok=True)
+    tmp = out.with_name(f"{name}.tmp{time.monotonic_ns()}")
     proc = subprocess.run([python, SCRIPT, kind, source, tmp], capture_output=True, text=True)
     if proc.returncode:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -30,10 +30,10 @@ def gguf_irpa(gguf_path: Path, path: Path) -> int:
     import gguf
     import numpy as np
     from amdsharktank.types import Dataset, DefaultPrimitiveTensor, Theta
-    from amdsharktank.types.gguf_interop.base import load_properties
+    from amdsharktank.types.gguf_interop.base import _load_properties
 
     reader = gguf.GGUFReader(gguf_path)
-    properties = load_properties(reader)
+    properties = _load_properties(reader)  # what sharktank's own GGUF import reads
     properties["llama.rope.interleave_emb"] = True
     tensors = {}
     for t in reader.tensors:

@@ -59,10 +59,11 @@ def independent_check(reference: Reference, windows: Windows, stats: Stats, n: i
 
 def evaluate(candidate: Candidate, reference: Reference, windows: Windows, policy: Policy, golden_dir: Path,
              engine: str = "both", progress: bool = False, update_golden: bool = False, command: str = "",
-             vs_fp32: bool = True, golden_required: bool = False) -> dict:
+             vs_fp32: bool = True, golden_required: bool = False, golden_command: str = "") -> dict:
     """Score `windows`; the record's kind and fields, with a "gates" list. `engine`: both, or only eager or
     the candidate; `vs_fp32`: also score eager fp32 on the same windows, for what a non-fp32 dtype costs;
-    `golden_required` (the nightly): a missing golden fails instead of leaving the run ungated."""
+    `golden_required` (the nightly): a missing golden fails instead of leaving the run ungated;
+    `golden_command`: the configuration's `python -m harness perplexity` command, for the missing golden's hint."""
     if engine not in ENGINES:
         raise HarnessError(f"--engine {engine!r}: choose from {', '.join(ENGINES)}")
     engines = {"eager": [reference.eager], "iree": [candidate.forward(windows.protocol.n_ctx, windows.first)]}
@@ -85,8 +86,8 @@ def evaluate(candidate: Candidate, reference: Reference, windows: Windows, polic
         gates += [gate.golden_gate(e, stats, windows.protocol, golden, sha256, policy.perplexity.golden_rtol)
                   for e in stats.engines]
     else:
-        gates.append(gate.no_golden(golden_file, golden_required, f"python -m harness perplexity --model "
-                                    f"{reference.name} --dtype {policy.dtype} --all --update-golden"))
+        gates.append(gate.no_golden(golden_file, golden_required, (golden_command or f"python -m harness perplexity "
+                                    f"--model {reference.name} --dtype {policy.dtype}") + " --all --update-golden"))
     return dict(kind="perplexity", **result.to_record(), summary=result.summary(),
                 vs_fp32=cost[0].stats.to_record() if cost else None, gates=[g.to_record() for g in gates],
                 golden=str(golden_file) if golden_file.exists() else None,

@@ -49,6 +49,10 @@ def end_to_end_table(recs: list[dict]) -> tuple[list[str], list[list]]:
              "Time"], sorted(rows))
 
 
+def _engine(stats: dict, name: str) -> dict:
+    return next(e for e in stats["engines"] if e["name"] == name)
+
+
 def _serving_cell(rec: dict | None) -> str:
     if rec is None:
         return MARK["skipped"]
@@ -74,7 +78,8 @@ def _serving_cell(rec: dict | None) -> str:
         return (f"{mark} dNLL / KLD vs own prefill {gates['decode_vs_prefill.paired']['mean']:+.1e} / "
                 f"{gates['decode_vs_prefill.kld']['mean']:.1e}, vs eager {gates['decode_vs_eager.paired']['mean']:+.1e}"
                 f" / {gates['decode_vs_eager.kld']['mean']:.1e} (budget {gates['decode_vs_eager.kld']['budget']:.0e});"
-                f" PPL {rec['per_prompt_ppl']['iree decode mode']:.4g}")
+                f" PPL {rec['per_prompt_ppl']['iree decode mode']:.4g} (mean of per-prompt PPLs, sharktank's; "
+                f"{_engine(rec['stats']['decode_vs_eager'], 'iree decode mode')['ppl']['value']:.4g} over all tokens)")
     split = rec["split"]
     return (f"{mark} {len(rec['generated'])} tokens agree" if split is None else
             f"{mark} split at step {split['step']} (eager margin {split['eager_margin']:.2g}"

@@ -24,7 +24,8 @@ def test_perplexity(case, write_record, pytestconfig, golden_dir, conclude):
         windows = perplexity.windows(case.reference, None if nightly else opt("ppl_windows"), opt("ppl_n_ctx"),
                                      opt("ppl_scheme"), opt("dataset"), opt("text_form"))
         return case.run(perplexity.evaluate, inputs=windows, golden_dir=golden_dir, golden_required=nightly,
-                        update_golden=opt("update_golden"), command=shlex.join(["pytest", *sys.argv[1:]]))
+                        update_golden=opt("update_golden"), command=shlex.join(["pytest", *sys.argv[1:]]),
+                        golden_command=config.command("perplexity"))
 
     rec = conclude.attempt(check)
     write_record(rec)
