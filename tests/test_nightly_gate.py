@@ -167,6 +167,13 @@ def test_merge_fails_on_a_missing_shard(toy_records, tmp_path):
         merge.merge(tmp_path / "merged", runs)
     proc = harness_cli("report", "merge", str(tmp_path / "m"), *map(str, runs))
     assert proc.returncode == 2 and "shard(s) 2/3 of 3: missing" in proc.stderr
+    # A run that is no shard (the nightly's sharktank export) joins complete shards, and does not stand in for one.
+    extra = write_run(tmp_path / "extra", [records.plan([("decode", "sharktank-toy-fp32-tp1")]), second])
+    with pytest.raises(HarnessError, match=r"shard\(s\) 2/3 of 3: missing"):
+        merge.merge(tmp_path / "merged", [*runs, extra])
+    whole = [*runs, write_run(tmp_path / "s2", [shard(2), first])]
+    merge.merge(tmp_path / "merged", [*whole, extra])
+    assert len(records.read(tmp_path / "merged" / "records.jsonl")) == 8
 
 
 def test_diff_previous_fails_when_it_cannot_diff(tmp_path):
