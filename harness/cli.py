@@ -127,7 +127,8 @@ def parser() -> argparse.ArgumentParser:
     ppl.set_defaults(func=_perplexity)
     export = sub.add_parser("sharktank-export", help="export a model with sharktank (its environment: .ci/setup) "
                             "and print the directory, for --artifact")
-    export.add_argument("model", help="toy (sharktank's toy llama), smollm2-135m, or a llama .gguf file")
+    export.add_argument("model", help="toy (sharktank's toy llama), toy-pp2 (on 2 devices), smollm2-135m, or a "
+                        "llama .gguf file")
     export.set_defaults(func=_sharktank_export)
     _report_parser(sub)
     return ap
@@ -137,8 +138,8 @@ def _sharktank_export(args) -> int:
     from harness.artifacts.exports import sharktank_export
     from harness.reference.weights.packaged import shipped_smollm2_gguf
 
-    if args.model == "toy":
-        print(sharktank_export("toy", "12345"))
+    if args.model in ("toy", "toy-pp2"):
+        print(sharktank_export(args.model, "12345"))
     else:
         print(sharktank_export("gguf", str(shipped_smollm2_gguf() if args.model == "smollm2-135m" else args.model)))
     return 0

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import iree.runtime as rt
 import pytest
+import torch
 
 from harness.artifacts.exports import sharktank_export
+from harness.candidates.artifact import ArtifactServing
 from harness.checks import end_to_end, serving
 from harness.common.errors import HarnessError
 from harness.run.case import Case
@@ -68,6 +70,24 @@ def test_sharktank_reference_reads_the_export(toy):
     assert (config.n_layers, config.n_heads, config.n_kv_heads, config.ffn_dim) == (3, 8, 4, 23)
     plan = c.serving_plan(serving.QUICK)
     assert (plan.shape.stride, plan.shape.batches, plan.chunks) == (16, (1, 4), (16, 16, 8))
+
+
+def test_a_pipeline_parallel_export_runs_on_two_devices(monkeypatch):
+    """sharktank's toy on 2 devices (layers 0-1 and 2, one cache each): decode and the cache (joined from the two
+    devices' parts of every page, against eager's whole cache) as on one device. Reading the pages as if device
+    0 held layers 1-2 fails cache_state."""
+    c = case(sharktank_export("toy-pp2", "12345"))
+    assert c.artifact.export.layer_groups == [2, 1]
+    for check in (serving.decode, serving.cache_state):
+        rec = run(c, check)
+        assert rec["passed"], rec["failures"]
+
+    def rotated(shards):  # device 0's two layers taken for layers 1-2, device 1's for layer 0
+        pages = torch.cat(shards, dim=1).view(shards[0].shape[0], 3, -1)
+        return pages[:, [2, 0, 1]].reshape(shards[0].shape[0], -1)
+    monkeypatch.setattr(ArtifactServing, "join", lambda self, shards: rotated(shards))
+    rec = run(c, serving.cache_state)
+    assert not rec["passed"] and "after prefill: layer 0 K" in rec["failures"][0]
 
 
 def plant_decode_offset(mlir: Path) -> None:
@@ -132,15 +152,15 @@ BAD = {
     "entry point missing": (lambda e: edit_config(e, prefill_batch_sizes=[1, 4, 8]),
                             "lists prefill_bs8, which model.mlir does not define"),
     "stride disagrees": (lambda e: edit_config(e, block_seq_stride=32),
-                         "paged_kv_block_size_elements_per_device is 12288, the model in model.irpa implies 24576"),
+                         "paged_kv_block_size_elements_per_device is [12288], the model in model.irpa implies 24576"),
     "cache dtype disagrees": (lambda e: edit_config(e, kv_cache_dtype="float16"),
-                              "prefill_bs1's cache is [?,12288] f32, the config implies [?, 12288] f16"),
+                              "prefill_bs1's caches are [?, 12288] f32, the config implies [?, 12288] f16"),
     "tensor missing": (lambda e: rewrite_irpa(e / "model.irpa", "blk.1.ffn_up.weight"),
                        "missing tensor blk.1.ffn_up.weight"),
     "irpa truncated": (lambda e: (e / "model.irpa").write_bytes((e / "model.irpa").read_bytes()[:4096]),
                        "model.irpa: not a readable IRPA archive"),
-    "tensor parallel": (lambda e: edit_config(e, paged_kv_block_size_elements_per_device=[6144, 6144]),
-                        "a tensor-parallel export (2 devices) is not read yet"),
+    "pages split unevenly": (lambda e: edit_config(e, paged_kv_block_size_elements_per_device=[6144, 6144]),
+                             "is [6144, 6144], the model in model.irpa implies 12288 in all, 4096 a layer"),
     "two programs": (lambda e: shutil.copy(e / "model.mlir", e / "other.mlir"), "2 *.mlir files"),
     "not a config": (lambda e: (e / "config.json").write_text("{"), "config.json: not JSON"),
 }

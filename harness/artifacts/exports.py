@@ -35,8 +35,8 @@ def sharktank_version(python: Path) -> str:
 
 
 def sharktank_export(kind: str, source: str) -> Path:
-    """The directory of sharktank's export of `kind` "toy" (source: the seed) or "gguf" (source: the file),
-    made on first use (toy: ~20 s; SmolLM2: 1-4 min on 2 cores)."""
+    """The directory of sharktank's export of `kind` "toy" or "toy-pp2" (source: the seed) or "gguf" (source: the
+    file), made on first use (toy: ~20 s; SmolLM2: 1-4 min on 2 cores)."""
     if kind == "gguf" and not Path(source).is_file():
         raise HarnessError(f"{source}: no such GGUF file")
     python = sharktank_python()

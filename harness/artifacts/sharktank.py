@@ -3,7 +3,10 @@ program (MLIR, or a vmfb compiled from it) and its IRPA parameters, all in one d
 
 Opening one checks that the three agree before anything runs: the entry points and argument counts the config
 implies are the MLIR's, the cache's page size is what the IRPA's model needs at the config's block_seq_stride,
-every tensor the model implies is in the IRPA with its shape. The eager reference is made from the IRPA's own
+every tensor the model implies is in the IRPA with its shape. An export over several devices is pipeline-parallel
+(`--pipeline-parallelism-size`: consecutive layers on each device, one cache per device holding its layers'
+part of every page); sharktank 3.9 cannot export tensor parallelism ("Tensor parallelism not yet supported"),
+and a sharded IRPA is refused. The eager reference is made from the IRPA's own
 tensors (GGUF names, `llama.rope.interleave_emb` saying whether attn_q/attn_k rows are in the interleaved
 rotary layout), so what is judged is the compiled program, not the conversion that fed it.
 """
@@ -62,8 +65,18 @@ class ExportConfig:
             raise HarnessError(f"{path}: not a sharktank export config (missing {e})") from e
 
     @property
-    def tp(self) -> int:
+    def devices(self) -> int:
         return len(self.page_elems)
+
+    @property
+    def layer_elems(self) -> int:
+        """Elements of one layer's part of a page: K and V of every KV head at every slot."""
+        return 2 * self.kv_heads * self.stride * self.head_dim
+
+    @property
+    def layer_groups(self) -> list[int]:
+        """Layers on each device (a pipeline-parallel export splits each page by layer)."""
+        return [n // self.layer_elems for n in self.page_elems]
 
     @property
     def batches(self) -> tuple[int, ...]:
@@ -85,9 +98,6 @@ class Artifact:
         if not (self.mlir or self.vmfb):
             raise HarnessError(f"--artifact {directory}: no .mlir or .vmfb program")
         self.export = ExportConfig.read(self.config_path)
-        if self.export.tp != 1:
-            raise HarnessError(f"{self.config_path}: a tensor-parallel export ({self.export.tp} devices) is not "
-                               "read yet; export it with --tensor-parallelism-size=1")
         if self.export.kv_cache_dtype not in DTYPES:
             raise HarnessError(f"{self.config_path}: kv_cache_dtype {self.export.kv_cache_dtype} is not read yet "
                                f"(read: {', '.join(DTYPES)}; IREE's Python runtime cannot map a bf16 cache)")
@@ -131,15 +141,18 @@ class Artifact:
         layout = PagedLayout.of(config, 1, e.stride)
         for what, theirs, ours in (("transformer_block_count", e.block_count, config.n_layers),
                                    ("attention_head_count_kv", e.kv_heads, config.n_kv_heads),
-                                   ("attn_head_dim", e.head_dim, config.head_dim),
-                                   ("paged_kv_block_size_elements_per_device", e.page_elems[0], layout.page_elems)):
+                                   ("attn_head_dim", e.head_dim, config.head_dim)):
             if theirs != ours:
                 raise HarnessError(f"{self.config_path}: {what} is {theirs}, the model in {self.irpa.name} "
                                    f"implies {ours}")
+        if sum(e.page_elems) != layout.page_elems or any(n % e.layer_elems for n in e.page_elems):
+            raise HarnessError(f"{self.config_path}: paged_kv_block_size_elements_per_device is {list(e.page_elems)}, "
+                               f"the model in {self.irpa.name} implies {layout.page_elems} in all, "
+                               f"{e.layer_elems} a layer")
         if self.mlir:
-            self._check_mlir(layout)
+            self._check_mlir()
 
-    def _check_mlir(self, layout: PagedLayout) -> None:
+    def _check_mlir(self) -> None:
         found = {m[1]: (m[2], [a for a in _ARG.findall(m[4])]) for m in _FUNC.finditer(self.mlir.read_text())}
         e = self.export
         wanted = ([f"prefill_bs{n}" for n in e.prefill_batch_sizes] + [f"decode_bs{n}" for n in e.decode_batch_sizes])
@@ -148,16 +161,18 @@ class Artifact:
             raise HarnessError(f"{self.config_path}: lists {', '.join(missing)}, which {self.mlir.name} does not "
                                f"define (it has {', '.join(sorted(found)) or 'no prefill/decode entry points'})")
         element = MLIR_ELEMENT[e.kv_cache_dtype]
+        implied = [f"[?, {n}] {element}" for n in e.page_elems]
         for name in wanted:
             kind, args = found[name]
-            count = 5 if kind == "decode" or e.has_prefill_position else 4
+            count = (4 if kind == "decode" or e.has_prefill_position else 3) + e.devices
             if len(args) != count:
                 raise HarnessError(f"{self.mlir.name}: {name} takes {len(args)} tensors, the config "
-                                   f"(has_prefill_position {e.has_prefill_position}) implies {count}")
-            dims, elem = args[-1]
-            if dims.split(",")[-1].strip() != str(layout.page_elems) or elem != element:
-                raise HarnessError(f"{self.mlir.name}: {name}'s cache is [{dims}] {elem}, the config implies "
-                                   f"[?, {layout.page_elems}] {element}")
+                                   f"(has_prefill_position {e.has_prefill_position}, {e.devices} device caches) "
+                                   f"implies {count}")
+            caches = [f"[{dims.replace(',', ', ')}] {elem}" for dims, elem in args[-e.devices:]]
+            if caches != implied:
+                raise HarnessError(f"{self.mlir.name}: {name}'s caches are {', '.join(caches)}, the config implies "
+                                   f"{', '.join(implied)}")
 
     def shape(self, shape: ServingShape) -> ServingShape:
         """`shape` (the harness's, stride 32) at this program's stride and batch sizes, with the same capacity
@@ -183,5 +198,6 @@ class Artifact:
 
     def describe(self) -> dict:
         return {"artifact": str(self.directory), "config": self.config_path.name,
-                "program": (self.vmfb or self.mlir).name, "irpa": self.irpa.name}
+                "program": (self.vmfb or self.mlir).name, "irpa": self.irpa.name,
+                "layers_per_device": self.export.layer_groups}
 

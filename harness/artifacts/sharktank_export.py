@@ -2,6 +2,7 @@
 environment (it pins transformers 4.52.1; .ci/setup makes .venv-sharktank), so it imports nothing of the harness:
 
     python sharktank_export.py toy SEED OUT_DIR        sharktank's toy llama (fp32, random, block_seq_stride 16)
+    python sharktank_export.py toy-pp2 SEED OUT_DIR    the same on 2 devices (--pipeline-parallelism-size=2)
     python sharktank_export.py gguf FILE.gguf OUT_DIR  a llama GGUF dequantized to an fp32 IRPA (block_seq_stride 32)
 
 OUT_DIR gets model.irpa, model.mlir and config.json from `amdsharktank.examples.export_paged_llm_v1`, with batch
@@ -48,11 +49,12 @@ def main(kind: str, source: str, out: str) -> None:
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     irpa = out_dir / "model.irpa"
-    stride = toy_irpa(int(source), irpa) if kind == "toy" else gguf_irpa(Path(source), irpa)
+    stride = toy_irpa(int(source), irpa) if kind.startswith("toy") else gguf_irpa(Path(source), irpa)
     subprocess.run([sys.executable, "-m", "amdsharktank.examples.export_paged_llm_v1", f"--irpa-file={irpa}",
                     f"--output-mlir={out_dir / 'model.mlir'}", f"--output-config={out_dir / 'config.json'}",
                     "--bs-prefill=1,4", "--bs-decode=1,4", "--has-prefill-position", f"--block-seq-stride={stride}",
-                    "--activation-dtype=float32", "--attention-dtype=float32", "--kv-cache-dtype=float32"],
+                    "--activation-dtype=float32", "--attention-dtype=float32", "--kv-cache-dtype=float32",
+                    f"--pipeline-parallelism-size={2 if kind == 'toy-pp2' else 1}"],
                    check=True, stdout=subprocess.DEVNULL)
 
 

@@ -29,8 +29,16 @@ class ArtifactServing(CompiledServing):
 
     def __init__(self, module: CompiledModule, shape: ServingShape, config: LlamaConfig, dtype: torch.dtype,
                  artifact: Artifact):
-        super().__init__(module, shape, config, dtype)
         self.export = artifact.export
+        super().__init__(module, shape, config, dtype)
+
+    def split(self, cache: torch.Tensor) -> list[torch.Tensor]:
+        """Pipeline-parallel: device d's cache holds its consecutive layers' part of every page."""
+        pages = cache.view(cache.shape[0], self.config.n_layers, -1)
+        return [part.reshape(cache.shape[0], -1) for part in pages.split(self.export.layer_groups, dim=1)]
+
+    def join(self, shards: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(shards, dim=1)
 
     def prefill(self, tokens, start_positions, seq_lens, page_table):
         n, stride = tokens.shape[0], self.export.stride
@@ -80,14 +88,15 @@ class ArtifactCandidate:
 
     def describe(self) -> dict:
         return {"candidate": "sharktank", **self.artifact.describe(), "target": self.target.name,
-                "device": self.target.device(1)}
+                "device": self.target.device(self.artifact.export.devices)}
 
     @cached_property
     def module(self) -> CompiledModule:
         """The export's vmfb, or its MLIR compiled with the target's serving flags; every entry point the
         config lists must be in it."""
         a = self.artifact
-        flags = self.target.compile_flags(1, "serving")
+        devices = a.export.devices
+        flags = self.target.compile_flags(devices, "serving")
         if a.vmfb:
             vmfb, source = a.vmfb, (a.mlir, flags) if a.mlir else None
         else:
@@ -95,7 +104,7 @@ class ArtifactCandidate:
                 vmfb, st.seconds, st.cached = compile_module(a.mlir, flags, self.target.compiler)
             source = (a.mlir, flags)
         with self.stages.timed("run"):
-            module = CompiledModule(vmfb, a.irpa, self.target.device(1), source=source)
+            module = CompiledModule(vmfb, a.irpa, self.target.device(devices), devices, source=source)
         wanted = [f"prefill_bs{n}" for n in a.export.prefill_batch_sizes] + [
             f"decode_bs{n}" for n in a.export.decode_batch_sizes]
         missing = [name for name in wanted if module.vm_module.lookup_function(name) is None]

@@ -121,14 +121,19 @@ class CompiledServing:
         return save_reproducer(self.module, *self.last_call, directory)
 
     def read_cache(self) -> torch.Tensor:
-        shards = [torch.from_numpy(c.to_host().copy()) for c in self.caches]
-        return shards[0] if self.tp == 1 else join_caches(shards, self.layout, self.config, self.tp)
+        return self.join([torch.from_numpy(c.to_host().copy()) for c in self.caches])
 
     def write_cache(self, cache: torch.Tensor) -> None:
         cache = cache.to(self.cache_dtype)
         self.written = cache.numpy()
-        shards = [cache] if self.tp == 1 else split_cache(cache, self.layout, self.config, self.tp)
-        self.caches = [self.module.device_array(s.contiguous().numpy(), d) for d, s in enumerate(shards)]
+        self.caches = [self.module.device_array(s.contiguous().numpy(), d) for d, s in enumerate(self.split(cache))]
+
+    def split(self, cache: torch.Tensor) -> list[torch.Tensor]:
+        """The whole cache as the program's per-device caches."""
+        return [cache] if self.tp == 1 else split_cache(cache, self.layout, self.config, self.tp)
+
+    def join(self, shards: list[torch.Tensor]) -> torch.Tensor:
+        return shards[0] if self.tp == 1 else join_caches(shards, self.layout, self.config, self.tp)
 
 
 class ExportedCandidate:
