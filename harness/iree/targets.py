@@ -84,7 +84,9 @@ class Target:
     hal_target_device: str = "local"
     cpu: str = "host"
     hip_target: str = "gfx942"
-    cuda_target: str = "sm_90"
+    # iree-compile 3.9.0's CUDA backend knows architectures up to sm_86: sm_89 and sm_90 fail ("missing GPU target
+    # in #hal.executable.target"). It emits PTX, which the driver JIT-compiles for newer GPUs: sm_80 runs on H100.
+    cuda_target: str = "sm_80"
     device_uri: str = ""  # empty: the target's default (`device`)
     extra_flags: tuple[str, ...] = ()
     attention: str = ""  # one of attention.IMPLS; empty: DEFAULT_ATTENTION of the target
