@@ -15,12 +15,13 @@ from harness.common.errors import HarnessError, StageFailure
 from harness.reporting import merge, records, summary, trend
 from harness.reporting.records import new_run_dir
 from harness.run import matrix, options
+from harness.run.matrix import parse_shard
 from harness.run.case import Case
 from harness.transforms.shard import UnfitTP
 
 
 def _run_dir(args) -> Path:
-    return new_run_dir(Path(args.report_dir), args.run_name)
+    return new_run_dir(Path(args.report_dir), args.run_name, args.resume)
 
 
 def _each_config(args, check, kind: str) -> int:
@@ -30,8 +31,9 @@ def _each_config(args, check, kind: str) -> int:
     configs = matrix.run_configs(lambda dest: getattr(args, dest))
     records.append(run_dir / "records.jsonl", records.plan([(kind, c.id) for c in configs]))
     for config in configs:
-        case = Case(config)
+        case = None
         try:
+            case = Case(config)  # an unknown model, an unreadable --artifact: bad input of this configuration only
             rec, passed, text = check(case, run_dir)
         except UnfitTP as e:  # a --tp the model's heads cannot take: not a failure of this model
             records.append(run_dir / "records.jsonl", {"kind": "skipped", "config": config.id, "reason": str(e)})
@@ -40,7 +42,9 @@ def _each_config(args, check, kind: str) -> int:
         except StageFailure as e:  # already in the candidate's stages, with its reproducer
             rec, passed, text = case.record(kind, failure={"stage": e.stage, "message": str(e)}), False, str(e)
         except HarnessError as e:  # this configuration's bad input: a model file, an option, a device
-            rec, passed, text = case.record(kind, failure={"message": str(e)}), False, str(e)
+            failure = {"failure": {"message": str(e)}}
+            rec = case.record(kind, **failure) if case else {"kind": kind, "config": config.id, **failure}
+            passed, text = False, str(e)
             bad_input.append(f"{config.id}: {e}")
         records.append(run_dir / "records.jsonl", rec)
         failed += not passed
@@ -69,6 +73,8 @@ def _perplexity(args):
                                      args.ppl_scheme, args.dataset, args.text_form)
         rec = case.run(perplexity.evaluate, inputs=windows, golden_dir=Path(args.golden_dir), engine=args.engine,
                        progress=True, update_golden=args.update_golden,
+                       journal=perplexity.journal_dir(run_dir, case.config.id),
+                       shard=args.ppl_shard and parse_shard(args.ppl_shard, "--ppl-shard"),
                        command=shlex.join(["python", "-m", "harness", *sys.argv[1:]]), vs_fp32=not args.no_vs_fp32,
                        golden_command=case.config.command("perplexity"))
         gates = "\n".join(g["message"] for g in rec["gates"]) or "no gate applies (one engine, no golden)"

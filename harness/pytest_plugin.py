@@ -39,7 +39,8 @@ def pytest_configure(config):
         run_dir = config.workerinput["harness_run_dir"]
     else:
         try:
-            run_dir = str(records.new_run_dir(Path(config.getoption("report_dir")), config.getoption("run_name")))
+            run_dir = str(records.new_run_dir(Path(config.getoption("report_dir")), config.getoption("run_name"),
+                                              config.getoption("resume")))
         except HarnessError as e:
             raise pytest.UsageError(str(e)) from None
         if not config.option.xmlpath:

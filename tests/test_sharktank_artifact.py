@@ -6,6 +6,8 @@ from its IRPA. A decode fault planted in sharktank's MLIR must be caught; bad ex
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import iree.runtime as rt
@@ -64,6 +66,15 @@ def test_suites_judge_a_sharktank_export_and_a_bad_one_beside_it_fails_alone(toy
     assert "no per-layer program" in skipped["layers"] and "tokenizer" in skipped["perplexity"]
 
 
+def test_cli_judges_an_export_and_a_bad_one_beside_it_fails_alone(toy, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "harness", "run", "--artifact", str(tmp_path / "missing"),
+                           "--artifact", str(toy), "--report-dir", str(tmp_path / "reports")],
+                          capture_output=True, text=True, cwd=PROJECT)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"missing-fp32-tp1: FAIL --artifact {tmp_path / 'missing'}: not a directory" in proc.stdout
+    assert "sharktank-toy-fp32-tp1: PASS" in proc.stdout
+
+
 def test_sharktank_reference_reads_the_export(toy):
     c = case(toy)
     config = c.weights.config
@@ -97,8 +108,9 @@ def plant_decode_offset(mlir: Path) -> None:
     start = text.index("func.func @decode_bs1(")
     body = text.index("\n", start) + 1
     end = text.index("\n  }\n", body)
-    shifted = ("    %planted_one = torch.constant.int 1\n    %planted_start = torch.aten.add.Scalar %arg2, %planted_one, "
-               "%planted_one : !torch.vtensor<[1],si64>, !torch.int, !torch.int -> !torch.vtensor<[1],si64>\n"
+    shifted = ("    %planted_one = torch.constant.int 1\n"
+               "    %planted_start = torch.aten.add.Scalar %arg2, %planted_one, %planted_one : "
+               "!torch.vtensor<[1],si64>, !torch.int, !torch.int -> !torch.vtensor<[1],si64>\n"
                + re.sub(r"%arg2\b", "%planted_start", text[body:end]))
     mlir.write_text(text[:body] + shifted + text[end:])
 

@@ -43,7 +43,8 @@ class ArtifactServing(CompiledServing):
     def prefill(self, tokens, start_positions, seq_lens, page_table):
         n, stride = tokens.shape[0], self.export.stride
         if n not in self.export.prefill_batch_sizes:
-            raise HarnessError(f"the export has no prefill_bs{n} (prefill batch sizes {list(self.export.prefill_batch_sizes)})")
+            raise HarnessError(f"the export has no prefill_bs{n} "
+                               f"(prefill batch sizes {list(self.export.prefill_batch_sizes)})")
         if self.export.has_prefill_position:
             width = -(-tokens.shape[1] // stride) * stride
             args = (start_positions, seq_lens, page_table)
@@ -97,8 +98,8 @@ class ArtifactCandidate:
         a = self.artifact
         devices = a.export.devices
         flags = self.target.compile_flags(devices, "serving")
-        if a.vmfb:
-            vmfb, source = a.vmfb, (a.mlir, flags) if a.mlir else None
+        if a.vmfb:  # compiled by the user, with flags the harness does not know
+            vmfb, source = a.vmfb, None
         else:
             with self.stages.timed("compile") as st:
                 vmfb, st.seconds, st.cached = compile_module(a.mlir, flags, self.target.compiler)

@@ -4,24 +4,35 @@ them, and each against its golden value (golden/, written only when asked)."""
 from __future__ import annotations
 
 import itertools
+import json
 from importlib.metadata import version
 from pathlib import Path
 
 from harness.candidates import Candidate
+from harness.candidates.exported import source_digest
 from harness.common.errors import HarnessError
 from harness.data.dataset import load_text
+from harness.numerics import tolerance
 from harness.numerics.tolerance import Policy, perplexity_budget
 from harness.perplexity import gate
-from harness.perplexity.protocol import DEFAULT_N_CTX, Windows, check_max_windows, make_windows
+from harness.perplexity.journal import Journal
+from harness.perplexity.protocol import DEFAULT_N_CTX, Protocol, Windows, check_max_windows, make_windows
 from harness.perplexity.runner import score_all
-from harness.perplexity.stats import Stats
+from harness.perplexity.stats import Accumulator, Stats
 from harness.reference import hf
 from harness.reference.eager import Reference
+from harness.reporting.records import versions
 
 ENGINES = ("both", "eager", "iree")
 # The quick tier's subset: enough windows for the paired gate's power on fp32/fp16 (gate.py decides and
 # says "underpowered" otherwise), few enough for minutes on a 2-core CPU.
 QUICK_WINDOWS = 8
+
+
+def journal_dir(run_dir: Path, config_id: str) -> Path:
+    """Where a run keeps a configuration's per-window perplexity results (journal.py): records name it relative
+    to the run directory, so `report merge` finds it in shards made on other machines."""
+    return run_dir / "perplexity" / config_id
 
 
 def windows(reference: Reference, n_windows: int | None = QUICK_WINDOWS, n_ctx: int = DEFAULT_N_CTX,
@@ -59,11 +70,15 @@ def independent_check(reference: Reference, windows: Windows, stats: Stats, n: i
 
 def evaluate(candidate: Candidate, reference: Reference, windows: Windows, policy: Policy, golden_dir: Path,
              engine: str = "both", progress: bool = False, update_golden: bool = False, command: str = "",
-             vs_fp32: bool = True, golden_required: bool = False, golden_command: str = "") -> dict:
+             vs_fp32: bool = True, golden_required: bool = False, golden_command: str = "",
+             journal: Path | None = None, shard: tuple[int, int] | None = None) -> dict:
     """Score `windows`; the record's kind and fields, with a "gates" list. `engine`: both, or only eager or
     the candidate; `vs_fp32`: also score eager fp32 on the same windows, for what a non-fp32 dtype costs;
     `golden_required` (the nightly): a missing golden fails instead of leaving the run ungated;
-    `golden_command`: the configuration's `python -m harness perplexity` command, for the missing golden's hint."""
+    `golden_command`: the configuration's `python -m harness perplexity` command, for the missing golden's hint;
+    `journal`: the directory where each window's results are kept as it finishes (a rerun resumes from them);
+    `shard` (i - 1, N): score only windows i - 1, i - 1 + N, ... (`report merge` joins the shards and gates the
+    whole against its golden)."""
     if engine not in ENGINES:
         raise HarnessError(f"--engine {engine!r}: choose from {', '.join(ENGINES)}")
     engines = {"eager": [reference.eager], "iree": [candidate.forward(windows.protocol.n_ctx, windows.first)]}
@@ -71,24 +86,81 @@ def evaluate(candidate: Candidate, reference: Reference, windows: Windows, polic
     # What the dtype or quantization itself costs: its eager reference against eager fp32, same windows.
     if vs_fp32 and policy.dtype != "fp32":
         comparisons.append([reference.fp32, reference.eager])
-    result, *cost = score_all(comparisons, windows, progress)
+    if shard and update_golden:
+        raise HarnessError("--update-golden with --ppl-shard: a golden keeps every window; write it from one run")
+    key = {"model": reference.name, "dtype": policy.dtype, "weights": reference.weights.sha256,
+           "candidate": candidate.describe(), "protocol": windows.protocol.to_dict(),
+           "engines": [[e.name for e in c] for c in comparisons], "code": source_digest(), "versions": versions()}
+    result, *cost = score_all(comparisons, windows, progress, journal and Journal(journal, key), shard)
     stats = result.stats
-    gates = [gate.check_pair(stats, policy.dtype)] if engine == "both" else []
     golden_file = gate.golden_path(golden_dir, reference.name, policy.dtype, windows.protocol)
-    sha256 = reference.weights.sha256
     if update_golden:  # never gated against itself
         checked = independent_check(reference, windows, stats)
-        gate.write_golden(golden_file, gate.make_golden(stats, windows.protocol, sha256, command, checked), update=True)
-        gates.append(gate.GateResult("golden", "ungated", f"golden {golden_file} written by this run ({checked}): "
-                                     "not gated against itself", {"path": str(golden_file)}))
-    elif golden_file.exists():
-        golden = gate.read_golden(golden_file)
-        gates += [gate.golden_gate(e, stats, windows.protocol, golden, sha256, policy.perplexity.golden_rtol)
-                  for e in stats.engines]
+        gate.write_golden(golden_file, gate.make_golden(stats, windows.protocol, reference.weights.sha256, command,
+                                                        checked), update=True)
+        golden = [gate.GateResult("golden", "ungated", f"golden {golden_file} written by this run ({checked}): "
+                                  "not gated against itself", {"path": str(golden_file)})]
+    elif shard:
+        golden = [gate.GateResult("golden", "ungated", f"--ppl-shard {shard[0] + 1}/{shard[1]} scores every "
+                                  f"{shard[1]}th window: `report merge` of the shards gates the whole run",
+                                  {"path": str(golden_file)})]
     else:
-        gates.append(gate.no_golden(golden_file, golden_required, (golden_command or f"python -m harness perplexity "
-                                    f"--model {reference.name} --dtype {policy.dtype}") + " --all --update-golden"))
+        golden = golden_gates(stats, windows.protocol, golden_file, reference.weights.sha256, policy, golden_required,
+                              (golden_command or f"python -m harness perplexity --model {reference.name} --dtype "
+                               f"{policy.dtype}") + " --all --update-golden")
+    gates = ([gate.check_pair(stats, policy.dtype)] if engine == "both" else []) + golden
     return dict(kind="perplexity", **result.to_record(), summary=result.summary(),
                 vs_fp32=cost[0].stats.to_record() if cost else None, gates=[g.to_record() for g in gates],
-                golden=str(golden_file) if golden_file.exists() else None,
+                golden=str(golden_file) if golden_file.exists() else None, golden_file=str(golden_file),
+                golden_required=golden_required,
+                golden_command=golden_command,
+                journal=str(journal.relative_to(journal.parents[1])) if journal else None,
+                ppl_shard=f"{shard[0] + 1}/{shard[1]}" if shard else None,
                 passed=all(g.verdict in ("pass", "ungated") for g in gates))
+
+
+def golden_gates(stats: Stats, protocol: Protocol, golden_file: Path, sha256: str, policy: Policy, required: bool,
+                 update_command: str) -> list[gate.GateResult]:
+    """Each engine against the golden file, or the missing golden's verdict."""
+    if not golden_file.exists():
+        return [gate.no_golden(golden_file, required, update_command)]
+    golden = gate.read_golden(golden_file)
+    return [gate.golden_gate(e, stats, protocol, golden, sha256, policy.perplexity.golden_rtol) for e in stats.engines]
+
+
+def join_shards(shards: list[tuple[Path, dict]]) -> dict:
+    """One configuration's perplexity record from its `--ppl-shard` records, each with the run directory that holds
+    its journal: the windows' stored results joined in window order (so the statistics are exactly one run's, bit
+    for bit), and the paired and golden gates decided on the whole."""
+    first = shards[0][1]
+    counts = {rec["ppl_shard"].split("/")[1] for _, rec in shards}
+    named = sorted(rec["ppl_shard"] for _, rec in shards)
+    total = int(counts.pop()) if len(counts) == 1 else None
+    if total is None or named != sorted(f"{i}/{total}" for i in range(1, total + 1)):
+        raise HarnessError(f"report merge: perplexity of {first['config']}: shards {', '.join(named)} are not one "
+                           "whole split")
+    journals = {int(rec["ppl_shard"].split("/")[0]) - 1: run_dir / rec["journal"] for run_dir, rec in shards}
+    keys = {(j / "key.json").read_text() if (j / "key.json").exists() else "" for j in journals.values()}
+    if len(keys) != 1 or "" in keys:
+        raise HarnessError(f"report merge: perplexity of {first['config']}: the shards' journals are missing or "
+                           "score different things (their key.json differ)")
+    key = json.loads(keys.pop())
+    protocol = Protocol.from_dict(first["protocol"])
+    accumulators = [Accumulator(names) for names in key["engines"]]
+    for index in range(protocol.n_windows):
+        results = Journal(journals[index % total], key).load(index)
+        if results is None:
+            raise HarnessError(f"report merge: perplexity of {first['config']}: window {index} is in no shard's "
+                               f"journal ({journals[index % total]})")
+        for acc, result in zip(accumulators, results):
+            acc.add_result(result)
+    stats, *cost = (acc.result() for acc in accumulators)
+    dtype = first["dtype"]
+    gates = ([gate.check_pair(stats, dtype)] if stats.pair else []) + golden_gates(
+        stats, protocol, Path(first["golden_file"]), first["weights"]["sha256"], tolerance.policy(dtype),
+        first["golden_required"],
+        (first["golden_command"] or "python -m harness perplexity") + " --all --update-golden")
+    return {**first, "stats": stats.to_record(), "vs_fp32": cost[0].to_record() if cost else None,
+            "summary": stats.format(), "gates": [g.to_record() for g in gates], "ppl_shard": None,
+            "joined_shards": named, "wall_s": sum(rec["wall_s"] for _, rec in shards),
+            "passed": all(g.verdict in ("pass", "ungated") for g in gates)}

@@ -1,6 +1,7 @@
 """Score a protocol's windows with one engine, or with a reference and a candidate engine on the same tokens:
-one prefill per window per engine (never per-token decode), each window's scored rows streamed into the
-statistics and then dropped, so memory does not grow with the number of windows."""
+one prefill per window per engine (never per-token decode), each window's scored rows reduced to per-token
+results (stats.WindowResult) and then dropped, so memory grows only by those; optionally journaled window by
+window (journal.py: resume, shards)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from tqdm import tqdm
 
 from harness.candidates import Forward
 from harness.common.errors import HarnessError
+from harness.perplexity.journal import Journal
 from harness.perplexity.protocol import Protocol, Windows
 from harness.perplexity.stats import Accumulator, Stats
 
@@ -54,37 +56,56 @@ def score(engines: Sequence[Forward], windows: Windows, progress: bool = False) 
     return score_all([engines], windows, progress)[0]
 
 
-def score_all(comparisons: Sequence[Sequence[Forward]], windows: Windows,
-              progress: bool = False) -> list[PerplexityResult]:
+def score_all(comparisons: Sequence[Sequence[Forward]], windows: Windows, progress: bool = False,
+              journal: Journal | None = None, shard: tuple[int, int] | None = None) -> list[PerplexityResult]:
     """`score` for several comparisons on the same windows, each engine run once per window however many
-    comparisons it is in (the same object: e.g. a dtype's eager reference vs IREE, and vs eager fp32)."""
+    comparisons it is in (the same object: e.g. a dtype's eager reference vs IREE, and vs eager fp32). With a
+    `journal`, each window's results are written as it finishes and a window already there is not scored
+    again; `shard` (i - 1, N): only the windows i - 1, i - 1 + N, ... (`--ppl-shard i/N`)."""
     engines = list({id(e): e for c in comparisons for e in c}.values())
     stats = [Accumulator([e.name for e in c]) for c in comparisons]
     seconds = {id(e): 0.0 for e in engines}
     prefill_tokens = 0
     start = time.perf_counter()
-    with tqdm(total=len(windows), unit="window", desc="perplexity", disable=not progress) as bar:
-        for window in windows:
-            tokens = window.inputs[None]
-            n = len(window.targets)
-            rows = {}
-            for engine in engines:
-                t0 = time.perf_counter()
-                logits = engine.logits(tokens, window.first)
-                seconds[id(engine)] += time.perf_counter() - t0
-                if logits.shape[:2] != (1, tokens.shape[1] - window.first):
-                    raise HarnessError(f"engine {engine.name}: logits of shape {tuple(logits.shape)} for tokens "
-                                       f"of shape {tuple(tokens.shape)} from position {window.first}")
-                rows[id(engine)] = logits[0, :n]
-            for acc, comparison in zip(stats, comparisons):
-                if len({rows[id(e)].shape[-1] for e in comparison}) > 1:
-                    raise HarnessError("engines disagree on the vocabulary size: " + ", ".join(
-                        f"{e.name} {rows[id(e)].shape[-1]}" for e in comparison))
-                acc.add(window.targets, [rows[id(e)] for e in comparison])
-            prefill_tokens += tokens.shape[1]
+    mine, count = shard or (0, 1)
+    with tqdm(total=len(range(mine, len(windows), count)), unit="window", desc="perplexity",
+              disable=not progress) as bar:
+        for index, window in enumerate(windows):
+            if index % count != mine:
+                continue
+            results = journal.load(index) if journal else None
+            if results is None:
+                tokens = window.inputs[None]
+                rows = {}
+                for engine in engines:
+                    t0 = time.perf_counter()
+                    rows[id(engine)] = _scored_rows(engine, tokens, window)
+                    seconds[id(engine)] += time.perf_counter() - t0
+                results = [acc.measure(window.targets, _same_vocabulary([rows[id(e)] for e in comparison], comparison))
+                           for acc, comparison in zip(stats, comparisons)]
+                if journal:
+                    journal.save(index, results)
+                prefill_tokens += tokens.shape[1]
+            for acc, result in zip(stats, results):
+                acc.add_result(result)
             bar.set_postfix(ppl=f"{stats[0].running_ppl():.4f}", refresh=False)
             bar.update()
     wall_s = time.perf_counter() - start
     return [PerplexityResult(windows.protocol, acc.result(),
                              tuple(Timing(e.name, seconds[id(e)], prefill_tokens) for e in comparison), wall_s)
             for acc, comparison in zip(stats, comparisons)]
+
+
+def _scored_rows(engine: Forward, tokens, window):
+    logits = engine.logits(tokens, window.first)
+    if logits.shape[:2] != (1, tokens.shape[1] - window.first):
+        raise HarnessError(f"engine {engine.name}: logits of shape {tuple(logits.shape)} for tokens "
+                           f"of shape {tuple(tokens.shape)} from position {window.first}")
+    return logits[0, :len(window.targets)]
+
+
+def _same_vocabulary(rows: list, comparison: Sequence[Forward]) -> list:
+    if len({r.shape[-1] for r in rows}) > 1:
+        raise HarnessError("engines disagree on the vocabulary size: " + ", ".join(
+            f"{e.name} {r.shape[-1]}" for e, r in zip(comparison, rows)))
+    return rows

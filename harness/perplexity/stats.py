@@ -145,8 +145,20 @@ def _kld_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return kld
 
 
+@dataclasses.dataclass(frozen=True)
+class WindowResult:
+    """One window's per-token results, all the statistics keep of it: each engine's NLL and, for a pair, the KLD
+    and how many tokens had the same top token. Adding a window's results gives, bit for bit, what adding its
+    logits gives (the unit a resumed or sharded perplexity run stores: perplexity/journal.py)."""
+
+    nll: tuple[np.ndarray, ...]
+    kld: np.ndarray | None
+    same_top: int
+
+
 class Accumulator:
-    """Streaming statistics: `add` each window's scored rows as they come, `result` at the end."""
+    """Streaming statistics: `add` each window's scored rows as they come (or `add_result` its stored results),
+    `result` at the end."""
 
     def __init__(self, names: Sequence[str]):
         if len(names) not in (1, 2):
@@ -166,13 +178,19 @@ class Accumulator:
     def n_tokens(self) -> int:
         return sum(self._window_sizes)
 
-    def add(self, targets: torch.Tensor, logits: Sequence[torch.Tensor]) -> None:
+    def add(self, targets: torch.Tensor, logits: Sequence[torch.Tensor]) -> WindowResult:
         """One window: `targets` [n] and, per engine, the logits [n, vocab] that predict them."""
+        result = self.measure(targets, logits)
+        self.add_result(result)
+        return result
+
+    def measure(self, targets: torch.Tensor, logits: Sequence[torch.Tensor]) -> WindowResult:
         n = targets.shape[0]
         if len(logits) != len(self.names) or any(t.shape[0] != n for t in logits):
             raise ValueError(f"expected {len(self.names)} logit tensors of {n} rows")
         nll = [np.empty(n) for _ in logits]
         kld = np.empty(n)
+        same_top = 0
         rows = max(1, _BLOCK_ELEMENTS // logits[0].shape[-1])
         for start in range(0, n, rows):
             block = slice(start, start + rows)
@@ -181,14 +199,20 @@ class Accumulator:
                 out[block] = -lp.gather(-1, targets[block, None])[:, 0].numpy()
             if self.paired:
                 a, b = logp
-                self._same_top += int((a.argmax(-1) == b.argmax(-1)).sum())
+                same_top += int((a.argmax(-1) == b.argmax(-1)).sum())
                 kld[block] = _kld_rows(a, b).numpy()
-        for kept, values in zip(self._nll, nll):
+        return WindowResult(tuple(nll), kld if self.paired else None, same_top)
+
+    def add_result(self, result: WindowResult) -> None:
+        if len(result.nll) != len(self.names) or (result.kld is None) == self.paired:
+            raise ValueError(f"a window's results of {len(result.nll)} engines for statistics of {len(self.names)}")
+        for kept, values in zip(self._nll, result.nll):
             kept.append(values)
         if self.paired:
-            self._kld.append(kld)
-        self._window_sizes.append(n)
-        self._sum_nll_a += float(nll[0].sum())
+            self._kld.append(result.kld)
+            self._same_top += result.same_top
+        self._window_sizes.append(result.nll[0].size)
+        self._sum_nll_a += float(result.nll[0].sum())
 
     def running_ppl(self) -> float:
         """The reference engine's PPL so far (for progress display)."""

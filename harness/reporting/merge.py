@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from harness.checks import perplexity
 from harness.common.errors import HarnessError
 from harness.reporting import records
 from harness.reporting.summary import write_summary
@@ -34,7 +35,9 @@ def _check_shards(runs: dict[Path, list[dict]]) -> None:
 
 def merge(out_dir: Path, run_dirs: list[Path]) -> Path:
     """One run from several (the shards of a matrix split over machines): their records and plots in
-    `out_dir`, and its summary. Every shard of the matrix must be given (`_check_shards`)."""
+    `out_dir`, and its summary. Every shard of the matrix must be given (`_check_shards`); a configuration's
+    perplexity scored in `--ppl-shard`s becomes one record, its statistics computed from all the shards' windows
+    (checks/perplexity.py join_shards)."""
     runs = {}
     for run_dir in run_dirs:
         if not (run_dir / "records.jsonl").exists():
@@ -42,9 +45,15 @@ def merge(out_dir: Path, run_dirs: list[Path]) -> Path:
         runs[run_dir] = records.read(run_dir / "records.jsonl")
     _check_shards(runs)
     out_dir.mkdir(parents=True, exist_ok=True)
+    ppl_shards: dict[str, list[tuple[Path, dict]]] = {}  # config -> its --ppl-shard records
     for run_dir, recs in runs.items():
         for rec in recs:
-            records.append(out_dir / "records.jsonl", rec)
+            if rec["kind"] == "perplexity" and rec.get("ppl_shard"):
+                ppl_shards.setdefault(rec["config"], []).append((run_dir, rec))
+            else:
+                records.append(out_dir / "records.jsonl", rec)
         for plot in run_dir.glob("*.png"):
             shutil.copy2(plot, out_dir / plot.name)
+    for shards in ppl_shards.values():
+        records.append(out_dir / "records.jsonl", perplexity.join_shards(shards))
     return write_summary(out_dir)

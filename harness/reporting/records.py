@@ -30,16 +30,21 @@ def versions() -> dict[str, str]:
     return out
 
 
-def new_run_dir(report_dir: Path, name: str | None) -> Path:
+def new_run_dir(report_dir: Path, name: str | None, resume: bool = False) -> Path:
     """The directory of a new run: `name` (default: a timestamp) under `report_dir`. A run's records are
-    its own: a name that already holds records is refused, not appended to."""
+    its own: a name that already holds records is refused, not appended to; with `resume`, its records are set
+    aside (records.interrupted-<k>.jsonl) and the run starts again, keeping what it had journaled (perplexity's
+    finished windows)."""
     if not name:  # a timestamp, made unique within the second
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         name = next(n for n in (stamp, *(f"{stamp}-{i}" for i in range(2, 1000))) if not (report_dir / n).exists())
     run_dir = report_dir / name
-    if (run_dir / "records.jsonl").exists():
+    if (run_dir / "records.jsonl").exists() and resume:
+        k = next(k for k in range(1, 10000) if not (run_dir / f"records.interrupted-{k}.jsonl").exists())
+        (run_dir / "records.jsonl").rename(run_dir / f"records.interrupted-{k}.jsonl")
+    elif (run_dir / "records.jsonl").exists():
         raise HarnessError(f"--run-name {run_dir.name}: {run_dir} already holds a run's records; choose another "
-                           "name (or join runs with `python -m harness report merge`)")
+                           "name, --resume it (or join runs with `python -m harness report merge`)")
     return run_dir
 
 

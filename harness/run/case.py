@@ -38,12 +38,18 @@ class Case:
 
     def __init__(self, config: RunConfig, fault: Fault | None = None):
         self.config, self.fault = config, fault
-        self.artifact = Artifact(config.artifact) if config.artifact else None
-        self.spec: ModelSpec = (resolve(config.model) if not self.artifact
-                                else self.artifact_spec(resolve(config.model) if config.model else None))
 
-    def artifact_spec(self, model: ModelSpec | None) -> ModelSpec:
-        """The export's model: its IRPA's weights, and the tokenizer of `model` (--model), if named."""
+    @cached_property
+    def artifact(self) -> Artifact | None:
+        return Artifact(self.config.artifact) if self.config.artifact else None
+
+    @cached_property
+    def spec(self) -> ModelSpec:
+        """The model: a registered or given one, or a sharktank export's (its IRPA's weights, and the tokenizer
+        of --model, if named)."""
+        model = resolve(self.config.model) if self.config.model else None
+        if not self.artifact:
+            return model
         if self.fault:
             raise HarnessError(f"--artifact {self.config.artifact}: faults are planted in the harness's own export")
         return ModelSpec(self.config.name, None, lambda: self.artifact.weights,
@@ -128,7 +134,7 @@ class Case:
             "weights": ({"source": self.weights.source, "sha256": self.weights.sha256}
                         if "weights" in self.__dict__ else None),
             "stages": self.candidate.stages.to_record() if "candidate" in self.__dict__ else {},
-            "artifact": self.artifact.describe() if self.artifact else None,
+            "artifact": self.artifact.describe() if self.__dict__.get("artifact") else None,
             "fault": self.fault.id if self.fault else None,
             "command": cfg.command(), "versions": versions(), "compiler": compiler_record(cfg.target.compiler),
             "machine": machine(), "time": time.time(), **fields,

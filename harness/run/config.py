@@ -42,7 +42,8 @@ class RunConfig:
     def command(self, subcommand: str = "run") -> str:
         """The command line that reruns this configuration on its own (`python -m harness <subcommand>`)."""
         t = self.target
-        return shlex.join(["python", "-m", "harness", subcommand, *(["--artifact", self.artifact] if self.artifact else []),
+        return shlex.join(["python", "-m", "harness", subcommand,
+                           *(["--artifact", self.artifact] if self.artifact else []),
                            *(["--model", self.model] if self.model else []), "--dtype", self.dtype,
                            "--tp", str(self.tp), "--seq-len", str(self.seq_len),
                            "--iree-hal-target-device", t.hal_target_device, "--iree-device", t.device(self.tp),

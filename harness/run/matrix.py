@@ -36,11 +36,11 @@ def _csv(values: list[str] | None, default: tuple[str, ...]) -> list[str]:
     return [v for value in (values or default) for v in value.split(",") if v]
 
 
-def parse_shard(value: str) -> tuple[int, int]:
-    """`--shard i/N` as (i - 1, N)."""
+def parse_shard(value: str, option: str = "--shard") -> tuple[int, int]:
+    """`--shard i/N` (or `--ppl-shard`) as (i - 1, N)."""
     i, _, n = value.partition("/")
     if not (i.isdigit() and n.isdigit() and 1 <= int(i) <= int(n)):
-        raise HarnessError(f"--shard {value!r}: expected i/N with 1 <= i <= N, e.g. 2/4")
+        raise HarnessError(f"{option} {value!r}: expected i/N with 1 <= i <= N, e.g. 2/4")
     return int(i) - 1, int(n)
 
 

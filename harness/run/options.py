@@ -60,6 +60,8 @@ PERPLEXITY_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
                           "text file, or a Hugging Face dataset id name[:config[:split]]")),
     (("--text-form",), dict(choices=("raw", "joined"), default="raw",
                             help="raw file as llama.cpp reads it (default) or HF rows joined by blank lines")),
+    (("--ppl-shard",), dict(default=None, help="i/N: score only windows i-1, i-1+N, ... (machines in parallel; "
+                            "`python -m harness report merge` joins them into one run's statistics and gates)")),
     (("--update-golden",), dict(action="store_true", help="rewrite golden/ perplexity values from this run")),
     (("--golden-dir",), dict(default="golden", help="where golden perplexity files are read and written "
                              "(default golden/, relative to the project: pytest's rootdir, or the current directory)")),
@@ -83,6 +85,8 @@ SUITE_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
 REPORT_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     (("--report-dir",), dict(default="reports", help="where runs write (default reports/)")),
     (("--run-name",), dict(default=None, help="run directory name (default: a timestamp)")),
+    (("--resume",), dict(action="store_true", help="rerun --run-name, which holds an interrupted run: its records are "
+                         "set aside and perplexity scores only the windows it had not finished")),
 ]
 ALL_OPTIONS = MATRIX_OPTIONS + TARGET_OPTIONS + REPORT_OPTIONS
 PLUGIN_OPTIONS = ALL_OPTIONS + PERPLEXITY_OPTIONS + SUITE_OPTIONS

@@ -7,13 +7,14 @@ import sys
 import pytest
 
 from harness.checks import perplexity
+from harness.run.matrix import parse_shard
 
 
-def test_perplexity(case, write_record, pytestconfig, golden_dir, conclude):
+def test_perplexity(case, write_record, pytestconfig, golden_dir, conclude, run_dir):
     opt = pytestconfig.getoption
     config = case.config
     nightly = opt("nightly")
-    reason = (f"perplexity: {config.model} is a random toy without a tokenizer" if not case.spec.real_text
+    reason = (f"perplexity: {config.name} is a random toy without a tokenizer" if not case.spec.real_text
               else f"perplexity: {config.dtype} is in the nightly tier (--nightly, or --ppl-dtypes)"
               if not nightly and config.dtype not in opt("ppl_dtypes").split(",") else None)
     if reason:  # in the report, not only in pytest's output
@@ -25,7 +26,8 @@ def test_perplexity(case, write_record, pytestconfig, golden_dir, conclude):
                                      opt("ppl_scheme"), opt("dataset"), opt("text_form"))
         return case.run(perplexity.evaluate, inputs=windows, golden_dir=golden_dir, golden_required=nightly,
                         update_golden=opt("update_golden"), command=shlex.join(["pytest", *sys.argv[1:]]),
-                        golden_command=config.command("perplexity"))
+                        golden_command=config.command("perplexity"), journal=perplexity.journal_dir(run_dir, config.id),
+                        shard=opt("ppl_shard") and parse_shard(opt("ppl_shard"), "--ppl-shard"))
 
     rec = conclude.attempt(check)
     write_record(rec)

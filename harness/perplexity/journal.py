@@ -1,0 +1,59 @@
+"""Perplexity's unit of work is the window. Each window's results (stats.WindowResult, per comparison) are written
+as it finishes, one .npz per window, atomically; so a killed run resumes from the windows it finished
+(`--resume`), and shards of the windows (`--ppl-shard i/N`) merge into exactly the statistics of one run
+(`report merge`): the statistics are computed from the windows' stored fp64 arrays in window order, whoever
+scored them.
+
+A journal belongs to one scoring: its key (the configuration, the weights, the protocol, the engines, the code
+and the versions) is written beside the windows, and a journal with another key is refused, not mixed in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from harness.common.errors import HarnessError
+from harness.perplexity.stats import WindowResult
+
+
+class Journal:
+    def __init__(self, directory: Path, key: dict):
+        self.directory, self.key = directory, key
+        directory.mkdir(parents=True, exist_ok=True)
+        key_file = directory / "key.json"
+        text = json.dumps(key, sort_keys=True, indent=1, default=str)
+        if key_file.exists() and key_file.read_text() != text:
+            raise HarnessError(f"{directory}: holds the windows of another perplexity scoring (its key.json differs: "
+                               "another model, protocol, engine set or code); use another --run-name")
+        key_file.write_text(text)
+
+    def _path(self, index: int) -> Path:
+        return self.directory / f"window-{index:06d}.npz"
+
+    def indices(self) -> list[int]:
+        return sorted(int(p.stem.split("-")[1]) for p in self.directory.glob("window-*.npz"))
+
+    def load(self, index: int) -> list[WindowResult] | None:
+        """Window `index`'s results per comparison, or None if it was not finished."""
+        path = self._path(index)
+        if not path.exists():
+            return None
+        with np.load(path) as data:
+            return [WindowResult(tuple(data[f"c{c}_nll{e}"] for e in range(int(data[f"c{c}_engines"]))),
+                                 data[f"c{c}_kld"] if f"c{c}_kld" in data else None, int(data[f"c{c}_same_top"]))
+                    for c in range(int(data["comparisons"]))]
+
+    def save(self, index: int, results: list[WindowResult]) -> None:
+        arrays = {"comparisons": np.array(len(results))}
+        for c, r in enumerate(results):
+            arrays |= {f"c{c}_engines": np.array(len(r.nll)), f"c{c}_same_top": np.array(r.same_top),
+                       **{f"c{c}_nll{e}": nll for e, nll in enumerate(r.nll)}}
+            if r.kld is not None:
+                arrays[f"c{c}_kld"] = r.kld
+        tmp = self.directory / f".window-{index:06d}.{os.getpid()}.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, self._path(index))  # atomic: a kill leaves the window whole or absent
