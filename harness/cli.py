@@ -31,9 +31,8 @@ def _each_config(args, check, kind: str) -> int:
     configs = matrix.run_configs(lambda dest: getattr(args, dest))
     records.append(run_dir / "records.jsonl", records.plan([(kind, c.id) for c in configs]))
     for config in configs:
-        case = None
+        case = Case(config)  # builds nothing yet: an unknown model or an unreadable --artifact fails in `check`
         try:
-            case = Case(config)  # an unknown model, an unreadable --artifact: bad input of this configuration only
             rec, passed, text = check(case, run_dir)
         except UnfitTP as e:  # a --tp the model's heads cannot take: not a failure of this model
             records.append(run_dir / "records.jsonl", {"kind": "skipped", "config": config.id, "reason": str(e)})
@@ -42,9 +41,7 @@ def _each_config(args, check, kind: str) -> int:
         except StageFailure as e:  # already in the candidate's stages, with its reproducer
             rec, passed, text = case.record(kind, failure={"stage": e.stage, "message": str(e)}), False, str(e)
         except HarnessError as e:  # this configuration's bad input: a model file, an option, a device
-            failure = {"failure": {"message": str(e)}}
-            rec = case.record(kind, **failure) if case else {"kind": kind, "config": config.id, **failure}
-            passed, text = False, str(e)
+            rec, passed, text = case.record(kind, failure={"message": str(e)}), False, str(e)
             bad_input.append(f"{config.id}: {e}")
         records.append(run_dir / "records.jsonl", rec)
         failed += not passed
@@ -106,7 +103,10 @@ def _report_parser(sub) -> None:
     merge_cmd = rsub.add_parser("merge", help="join the runs of matrix shards (--shard i/N) into one")
     merge_cmd.add_argument("out", help="the merged run directory")
     merge_cmd.add_argument("runs", nargs="+", metavar="RUN")
-    merge_cmd.set_defaults(func=lambda args: print(merge.merge(Path(args.out), [Path(r) for r in args.runs])) or 0)
+    merge_cmd.add_argument("--golden-dir", default="golden", help="goldens that gate perplexity joined from "
+                           "--ppl-shard runs (default golden/)")
+    merge_cmd.set_defaults(func=lambda args: print(merge.merge(Path(args.out), [Path(r) for r in args.runs],
+                                                               Path(args.golden_dir))) or 0)
     summary_cmd = rsub.add_parser("summary", help="rewrite summary.md and summary.html of a run")
     summary_cmd.add_argument("run")
     summary_cmd.set_defaults(func=lambda args: print(summary.write_summary(Path(args.run))) or 0)

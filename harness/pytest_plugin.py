@@ -201,7 +201,7 @@ def conclude(request, case, write_record) -> Conclusion:
     """The check's conclusion; a check the candidate cannot take (a sharktank export has no per-layer program)
     is skipped, recorded with the reason."""
     check = request.function.__name__.removeprefix("test_")
-    reason = case.candidate.unsupported(check)
+    reason = case.unsupported(check)
     if reason:
         write_record({"kind": "skipped", "config": case.config.id, "check": check, "reason": f"{check}: {reason}"})
         pytest.skip(f"{check}: {reason}")

@@ -68,14 +68,15 @@ def test_shards_merge_into_exactly_one_run(short_text, tmp_path):
     shards = [scored(f"shard{i}", (i, 3)) for i in range(3)]
     assert [s["stats"]["n_windows"] for s in shards] == [3, 3, 3]
     assert all("report merge` of the shards gates the whole run" in s["gates"][-1]["message"] for s in shards)
-    merge.merge(tmp_path / "merged", [tmp_path / f"shard{i}" for i in range(3)])
+    merge.merge(tmp_path / "merged", [tmp_path / f"shard{i}" for i in range(3)], tmp_path / "golden")
     joined = stats_of(tmp_path / "merged")
     assert joined["joined_shards"] == ["1/3", "2/3", "3/3"]
     whole_stats = stats_of(tmp_path / "whole")["stats"]
     assert json.dumps(joined["stats"], sort_keys=True) == json.dumps(whole_stats, sort_keys=True)
     assert [g["verdict"] for g in joined["gates"]] == [g["verdict"] for g in whole["gates"]]
-    with pytest.raises(HarnessError, match="shards 1/3, 3/3 are not one whole split"):
-        merge.merge(tmp_path / "partial", [tmp_path / "shard0", tmp_path / "shard2"])
+    merge.merge(tmp_path / "partial", [tmp_path / "shard0", tmp_path / "shard2"], tmp_path / "golden")
+    partial = stats_of(tmp_path / "partial")
+    assert not partial["passed"] and "shards 1/3, 3/3 are not one whole split" in partial["failure"]["message"]
 
 
 @pytest.mark.slow
@@ -95,6 +96,8 @@ def test_a_killed_run_resumes_to_the_same_statistics(short_text, tmp_path):
     assert 4 <= finished < 24, finished
     refused = subprocess.run([*command, "--run-name", "killed"], cwd=PROJECT, capture_output=True, text=True)
     assert refused.returncode == 2 and "--resume it" in refused.stderr
+    unnamed = subprocess.run([*command, "--resume"], cwd=PROJECT, capture_output=True, text=True)
+    assert unnamed.returncode == 2 and "--resume: name the run to resume" in unnamed.stderr
     for run in (["--run-name", "killed", "--resume"], ["--run-name", "whole"]):
         done = subprocess.run([*command, *run], cwd=PROJECT, capture_output=True, text=True)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

@@ -15,9 +15,13 @@ import pytest
 import torch
 
 from harness.artifacts.exports import sharktank_export
+from harness.artifacts.irpa import PROPERTIES
+from harness.artifacts.sharktank import Artifact
 from harness.candidates.artifact import ArtifactServing
+from harness import cli
 from harness.checks import end_to_end, serving
 from harness.common.errors import HarnessError
+from harness.run import matrix
 from harness.run.case import Case
 from harness.run.config import RunConfig
 
@@ -36,7 +40,8 @@ def copy(toy: Path, tmp_path: Path) -> Path:
 
 
 def case(directory: Path) -> Case:
-    return Case(RunConfig("", "fp32", artifact=str(directory)))
+    """The export's configuration, in its own dtype (as `--artifact` makes it)."""
+    return Case(RunConfig("", Artifact(directory).dtype, artifact=str(directory)))
 
 
 def run(c: Case, check, **plan_changes) -> dict:
@@ -137,15 +142,18 @@ def test_sharktank_prefill_needs_page_aligned_chunks(toy):
     assert not rec["passed"] and "against eager's" in rec["failures"][0]
 
 
-def rewrite_irpa(source: Path, drop: str) -> None:
-    """`source` without tensor `drop`, rewritten in place by IREE's runtime."""
+def rewrite_irpa(source: Path, drop: str = "", properties=lambda p: p) -> None:
+    """`source` without tensor `drop` and with `properties(its properties)`, rewritten in place by IREE's runtime."""
     index = rt.ParameterIndex()
     index.load(str(source))
     out = rt.ParameterIndex()
     for name, entry in index.items():
+        data = bytes(entry.file_view)
+        if name == PROPERTIES:
+            data = json.dumps(properties(json.loads(data))).encode()
         if name != drop:
             metadata = bytes(entry.metadata).decode() if entry.metadata else None
-            out.add_buffer(name, bytes(entry.file_view), metadata=metadata)
+            out.add_buffer(name, data, metadata=metadata)
     target = source.with_suffix(".new")
     out.create_archive_file(str(target))
     del index
@@ -174,6 +182,10 @@ BAD = {
     "pages split unevenly": (lambda e: edit_config(e, paged_kv_block_size_elements_per_device=[6144, 6144]),
                              "is [6144, 6144], the model in model.irpa implies 12288 in all, 4096 a layer"),
     "two programs": (lambda e: shutil.copy(e / "model.mlir", e / "other.mlir"), "2 *.mlir files"),
+    "rank files": (lambda e: shutil.copy(e / "model.irpa", e / "model.rank0.irpa"),
+                   "a tensor-parallel export (model.rank0.irpa) is not read"),
+    "no rope base": (lambda e: rewrite_irpa(e / "model.irpa", properties=lambda p: {
+        k: v for k, v in p.items() if k != "llama.rope.freq_base"}), "no llama.rope.freq_base property"),
     "not a config": (lambda e: (e / "config.json").write_text("{"), "config.json: not JSON"),
 }
 
@@ -186,6 +198,38 @@ def test_bad_export_gets_one_line(toy, tmp_path, fault):
     with pytest.raises(HarnessError) as e:
         case(export).weights
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_rotary_layout_follows_sharktanks_rule(toy, tmp_path):
+    """sharktank reads attn_q/attn_k rows as interleaved when the properties say so and, by default, when they came
+    from a GGUF file ("schema": "GGUF", which its own GGUF import writes without the interleave key)."""
+    without_key = lambda p: {k: v for k, v in p.items() if k != "llama.rope.interleave_emb"}  # noqa: E731
+    gguf_made, unmarked = copy(toy, tmp_path / "a"), copy(toy, tmp_path / "b")
+    rewrite_irpa(gguf_made / "model.irpa", properties=lambda p: {**without_key(p), "schema": "GGUF"})
+    rewrite_irpa(unmarked / "model.irpa", properties=without_key)
+    assert case(gguf_made).run(end_to_end.check)["verdict"]["passed"]
+    assert not case(unmarked).run(end_to_end.check)["verdict"]["passed"]  # the reference reads the rows un-interleaved
+
+
+def test_what_an_export_cannot_take_is_a_recorded_reason(toy, tmp_path):
+    export = copy(toy, tmp_path)
+    edit_config(export, prefill_batch_sizes=[1], decode_batch_sizes=[1])
+    c = case(export)
+    assert "no batch size from 2 to 4" in c.unsupported("batching")
+    assert "no per-layer program" in c.unsupported("layers") and c.unsupported("decode") is None
+    with pytest.raises(HarnessError, match="--dtype fp16: the export at .* is fp32"):
+        Case(RunConfig("", "fp16", artifact=str(export))).weights
+
+
+@pytest.mark.parametrize("given, message", [
+    (lambda toy, other: ["", str(toy)], "--artifact: an empty path"),
+    (lambda toy, other: [str(toy), str(other)], "two exports make one configuration id"),
+])
+def test_artifact_options_refuse_an_empty_path_and_colliding_names(toy, tmp_path, given, message):
+    other = shutil.copytree(toy, tmp_path / toy.name)  # another export of the same directory name
+    args = cli.parser().parse_args(["run", *[a for path in given(toy, other) for a in ("--artifact", path)]])
+    with pytest.raises(HarnessError, match=message):
+        matrix.run_configs(lambda dest: getattr(args, dest))
 
 
 def test_a_vmfb_that_is_not_one_gets_one_line(toy, tmp_path):

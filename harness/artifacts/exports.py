@@ -53,5 +53,10 @@ def sharktank_export(kind: str, source: str) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         last = (proc.stderr.strip().splitlines() or ["?"])[-1]
         raise HarnessError(f"sharktank export of {kind} {source} failed: {last}")
-    tmp.replace(out)  # atomic: a parallel worker sees the whole export or none
+    try:
+        tmp.replace(out)  # atomic: a parallel worker sees the whole export or none
+    except OSError:  # another worker finished the same export first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / "config.json").exists():
+            raise
     return out

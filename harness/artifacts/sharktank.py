@@ -93,6 +93,10 @@ class Artifact:
         if not self.directory.is_dir():
             raise HarnessError(f"--artifact {directory}: not a directory")
         self.config_path = self._one("*.json")
+        ranks = sorted(p.name for p in self.directory.glob("*.rank*.irpa"))
+        if ranks:
+            raise HarnessError(f"--artifact {directory}: a tensor-parallel export ({', '.join(ranks)}) is not read "
+                               "(amdsharktank 3.9 cannot make one: 'Tensor parallelism not yet supported')")
         self.irpa = self._one("*.irpa")
         self.mlir, self.vmfb = self._one("*.mlir", required=False), self._one("*.vmfb", required=False)
         if not (self.mlir or self.vmfb):
@@ -120,6 +124,8 @@ class Artifact:
     def weights(self) -> LoadedWeights:
         """The eager reference's weights from the IRPA, after checking the config and the MLIR agree with them."""
         properties, tensors = read_irpa(self.irpa)
+        if "llama.rope.freq_base" not in properties:  # sharktank's default (500000) is not GGUF's (10000)
+            raise HarnessError(f"{self.irpa}: no llama.rope.freq_base property")
         config = llama_config(self.irpa, properties.get, tie_embeddings="output.weight" not in tensors,
                               vocab_size=len(tensors["token_embd.weight"]) if "token_embd.weight" in tensors else None)
         odd = sorted(f"{n} ({t.dtype})" for n, t in tensors.items() if t.dtype not in GGUF_TYPES)
@@ -128,8 +134,10 @@ class Artifact:
         # sharktank's toy llama stores output_norm as [1, dim]: a leading unit dimension is not a different shape.
         stored = {n: RawTensor(GGUF_TYPES[t.dtype], tuple(t.shape[1:] if t.dim() == 2 and t.shape[0] == 1 else t.shape),
                                t.reshape(-1) if t.dim() == 2 and t.shape[0] == 1 else t) for n, t in tensors.items()}
-        raw = llama_tensors(self.irpa, config, stored,
-                            interleaved_rope=bool(properties.get("llama.rope.interleave_emb", False)))
+        # sharktank's rule: rows are in the interleaved rotary layout if the properties say so, and by default
+        # when they came from a GGUF file (its import writes "schema": "GGUF", not the interleave key).
+        interleaved = properties.get("llama.rope.interleave_emb", properties.get("schema") == "GGUF")
+        raw = llama_tensors(self.irpa, config, stored, interleaved_rope=bool(interleaved))
         self.check_program(config)
         return LoadedWeights(config=config, state_dict={n: t.data.float().contiguous() for n, t in raw.items()},
                              tensor_types={n: t.type for n, t in raw.items()}, source=str(self.irpa),
@@ -189,8 +197,6 @@ class Artifact:
             return "a sharktank export has no per-layer program (bisect with the harness's own export: --model)"
         if check == "chunked_prefill" and not e.has_prefill_position:
             return "the export has no prefill start position (export with --has-prefill-position)"
-        if check == "batching" and max(e.batches, default=1) < 2:
-            return f"the export has no batch size above 1 with both prefill and decode (batches {list(e.batches)})"
         if check in ("batching", "decode", "cache_state", "chunked_prefill", "greedy", "decode_perplexity") \
                 and 1 not in e.batches:
             return f"the export has no batch size 1 with both prefill and decode (batches {list(e.batches)})"

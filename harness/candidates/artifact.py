@@ -89,7 +89,7 @@ class ArtifactCandidate:
 
     def describe(self) -> dict:
         return {"candidate": "sharktank", **self.artifact.describe(), "target": self.target.name,
-                "device": self.target.device(self.artifact.export.devices)}
+                "device": self.target.device(self.artifact.export.devices), **self.target.compiler_key()}
 
     @cached_property
     def module(self) -> CompiledModule:

@@ -152,7 +152,8 @@ class ExportedCandidate:
 
     def describe(self) -> dict:
         return {"candidate": "exported", "target": self.target.name, "device": self.target.device(self.tp),
-                "attention": self.variant.attention, "fault": self.fault.id if self.fault else None}
+                "attention": self.variant.attention, "fault": self.fault.id if self.fault else None,
+                **self.target.compiler_key()}
 
     def unsupported(self, check: str) -> str | None:
         return None  # it builds every program each check needs

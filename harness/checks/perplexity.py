@@ -10,6 +10,7 @@ from pathlib import Path
 
 from harness.candidates import Candidate
 from harness.candidates.exported import source_digest
+from harness.common.cache import digest
 from harness.common.errors import HarnessError
 from harness.data.dataset import load_text
 from harness.numerics import tolerance
@@ -17,10 +18,11 @@ from harness.numerics.tolerance import Policy, perplexity_budget
 from harness.perplexity import gate
 from harness.perplexity.journal import Journal
 from harness.perplexity.protocol import DEFAULT_N_CTX, Protocol, Windows, check_max_windows, make_windows
-from harness.perplexity.runner import score_all
+from harness.perplexity.runner import PerplexityResult, Timing, score_all
 from harness.perplexity.stats import Accumulator, Stats
 from harness.reference import hf
 from harness.reference.eager import Reference
+from harness.reference.registry import slug
 from harness.reporting.records import versions
 
 ENGINES = ("both", "eager", "iree")
@@ -30,9 +32,15 @@ QUICK_WINDOWS = 8
 
 
 def journal_dir(run_dir: Path, config_id: str) -> Path:
-    """Where a run keeps a configuration's per-window perplexity results (journal.py): records name it relative
-    to the run directory, so `report merge` finds it in shards made on other machines."""
-    return run_dir / "perplexity" / config_id
+    """Where a run keeps a configuration's per-window perplexity results (journal.py); `report merge` finds it
+    there in shards made on other machines (a configuration id can hold a path: it is slugged)."""
+    return run_dir / "perplexity" / slug(config_id)
+
+
+def _code_digest() -> str:
+    """The perplexity code's own sources: what scores a window, besides the model and program."""
+    package = Path(__file__).resolve().parents[1]
+    return digest(*(p.read_bytes() for p in [*sorted((package / "perplexity").glob("*.py")), Path(__file__)]))
 
 
 def windows(reference: Reference, n_windows: int | None = QUICK_WINDOWS, n_ctx: int = DEFAULT_N_CTX,
@@ -81,16 +89,19 @@ def evaluate(candidate: Candidate, reference: Reference, windows: Windows, polic
     whole against its golden)."""
     if engine not in ENGINES:
         raise HarnessError(f"--engine {engine!r}: choose from {', '.join(ENGINES)}")
+    if shard and update_golden:
+        raise HarnessError("--update-golden with --ppl-shard: a golden keeps every window; write it from one run")
+    if shard and len(windows) < shard[1]:
+        raise HarnessError(f"--ppl-shard {shard[0] + 1}/{shard[1]}: only {len(windows)} windows to deal")
     engines = {"eager": [reference.eager], "iree": [candidate.forward(windows.protocol.n_ctx, windows.first)]}
     comparisons = [engines["eager"] + engines["iree"] if engine == "both" else engines[engine]]
     # What the dtype or quantization itself costs: its eager reference against eager fp32, same windows.
     if vs_fp32 and policy.dtype != "fp32":
         comparisons.append([reference.fp32, reference.eager])
-    if shard and update_golden:
-        raise HarnessError("--update-golden with --ppl-shard: a golden keeps every window; write it from one run")
     key = {"model": reference.name, "dtype": policy.dtype, "weights": reference.weights.sha256,
            "candidate": candidate.describe(), "protocol": windows.protocol.to_dict(),
-           "engines": [[e.name for e in c] for c in comparisons], "code": source_digest(), "versions": versions()}
+           "engines": [[e.name for e in c] for c in comparisons], "code": [source_digest(), _code_digest()],
+           "versions": versions()}
     result, *cost = score_all(comparisons, windows, progress, journal and Journal(journal, key), shard)
     stats = result.stats
     golden_file = gate.golden_path(golden_dir, reference.name, policy.dtype, windows.protocol)
@@ -111,10 +122,10 @@ def evaluate(candidate: Candidate, reference: Reference, windows: Windows, polic
     gates = ([gate.check_pair(stats, policy.dtype)] if engine == "both" else []) + golden
     return dict(kind="perplexity", **result.to_record(), summary=result.summary(),
                 vs_fp32=cost[0].stats.to_record() if cost else None, gates=[g.to_record() for g in gates],
-                golden=str(golden_file) if golden_file.exists() else None, golden_file=str(golden_file),
+                golden=str(golden_file) if golden_file.exists() else None,
                 golden_required=golden_required,
                 golden_command=golden_command,
-                journal=str(journal.relative_to(journal.parents[1])) if journal else None,
+                journal=journal and str(journal),
                 ppl_shard=f"{shard[0] + 1}/{shard[1]}" if shard else None,
                 passed=all(g.verdict in ("pass", "ungated") for g in gates))
 
@@ -128,39 +139,55 @@ def golden_gates(stats: Stats, protocol: Protocol, golden_file: Path, sha256: st
     return [gate.golden_gate(e, stats, protocol, golden, sha256, policy.perplexity.golden_rtol) for e in stats.engines]
 
 
-def join_shards(shards: list[tuple[Path, dict]]) -> dict:
+def join_shards(shards: list[tuple[Path, dict]], golden_dir: Path) -> dict:
     """One configuration's perplexity record from its `--ppl-shard` records, each with the run directory that holds
     its journal: the windows' stored results joined in window order (so the statistics are exactly one run's, bit
-    for bit), and the paired and golden gates decided on the whole."""
+    for bit), and the paired and golden gates (goldens from `golden_dir`) decided on the whole. Shards that do not
+    make one whole split, or a window no journal holds, make a failed record that says so."""
     first = shards[0][1]
-    counts = {rec["ppl_shard"].split("/")[1] for _, rec in shards}
+    try:
+        result = _joined(shards)
+    except HarnessError as e:
+        return {**{k: v for k, v in first.items() if k not in ("stats", "vs_fp32", "gates", "summary")},
+                "failure": {"stage": "perplexity", "message": str(e)}, "passed": False}
+    stats, *cost = result
+    dtype, protocol = first["dtype"], result[0].protocol
+    model = first["model"]
+    gates = ([gate.check_pair(stats.stats, dtype)] if stats.stats.pair else []) + golden_gates(
+        stats.stats, protocol, gate.golden_path(golden_dir, model, dtype, protocol), first["weights"]["sha256"],
+        tolerance.policy(dtype), first["golden_required"],
+        (first["golden_command"] or "python -m harness perplexity") + " --all --update-golden")
+    return {**first, **stats.to_record(), "vs_fp32": cost[0].stats.to_record() if cost else None,
+            "summary": stats.summary(), "gates": [g.to_record() for g in gates], "ppl_shard": None, "journal": None,
+            "joined_shards": sorted(rec["ppl_shard"] for _, rec in shards),
+            "passed": all(g.verdict in ("pass", "ungated") for g in gates)}
+
+
+def _joined(shards: list[tuple[Path, dict]]) -> list[PerplexityResult]:
+    first = shards[0][1]
     named = sorted(rec["ppl_shard"] for _, rec in shards)
-    total = int(counts.pop()) if len(counts) == 1 else None
-    if total is None or named != sorted(f"{i}/{total}" for i in range(1, total + 1)):
+    counts = {name.split("/")[1] for name in named}
+    total = int(counts.pop()) if len(counts) == 1 else 0
+    if not total or named != sorted(f"{i}/{total}" for i in range(1, total + 1)):
         raise HarnessError(f"report merge: perplexity of {first['config']}: shards {', '.join(named)} are not one "
-                           "whole split")
-    journals = {int(rec["ppl_shard"].split("/")[0]) - 1: run_dir / rec["journal"] for run_dir, rec in shards}
-    keys = {(j / "key.json").read_text() if (j / "key.json").exists() else "" for j in journals.values()}
-    if len(keys) != 1 or "" in keys:
-        raise HarnessError(f"report merge: perplexity of {first['config']}: the shards' journals are missing or "
-                           "score different things (their key.json differ)")
-    key = json.loads(keys.pop())
+                           "whole split (a shard failed or is missing)")
+    journals = {int(rec["ppl_shard"].split("/")[0]) - 1: Journal.read(journal_dir(run_dir, rec["config"]))
+                for run_dir, rec in shards}
+    if len({json.dumps(j.key, sort_keys=True) for j in journals.values()}) != 1:
+        raise HarnessError(f"report merge: perplexity of {first['config']}: the shards' journals score different "
+                           "things (their key.json differ)")
     protocol = Protocol.from_dict(first["protocol"])
-    accumulators = [Accumulator(names) for names in key["engines"]]
+    accumulators = [Accumulator(names) for names in journals[0].key["engines"]]
     for index in range(protocol.n_windows):
-        results = Journal(journals[index % total], key).load(index)
+        results = journals[index % total].load(index)
         if results is None:
             raise HarnessError(f"report merge: perplexity of {first['config']}: window {index} is in no shard's "
-                               f"journal ({journals[index % total]})")
+                               f"journal ({journals[index % total].directory})")
         for acc, result in zip(accumulators, results):
             acc.add_result(result)
-    stats, *cost = (acc.result() for acc in accumulators)
-    dtype = first["dtype"]
-    gates = ([gate.check_pair(stats, dtype)] if stats.pair else []) + golden_gates(
-        stats, protocol, Path(first["golden_file"]), first["weights"]["sha256"], tolerance.policy(dtype),
-        first["golden_required"],
-        (first["golden_command"] or "python -m harness perplexity") + " --all --update-golden")
-    return {**first, "stats": stats.to_record(), "vs_fp32": cost[0].to_record() if cost else None,
-            "summary": stats.format(), "gates": [g.to_record() for g in gates], "ppl_shard": None,
-            "joined_shards": named, "wall_s": sum(rec["wall_s"] for _, rec in shards),
-            "passed": all(g.verdict in ("pass", "ungated") for g in gates)}
+    runs = [rec["timings"] for _, rec in shards]  # the first comparison's engines, in each shard
+    timings = tuple(Timing(t["engine"], sum(run[i]["seconds"] for run in runs),
+                           sum(run[i]["prefill_tokens"] for run in runs)) for i, t in enumerate(runs[0]))
+    wall_s = sum(rec["wall_s"] for _, rec in shards)
+    return [PerplexityResult(protocol, acc.result(), timings if i == 0 else (), wall_s)
+            for i, acc in enumerate(accumulators)]

@@ -12,7 +12,7 @@ import re
 import subprocess
 
 from harness.common.errors import HarnessError
-from harness.iree.compiler import compiler_path
+from harness.iree.compiler import compiler_identity, compiler_path
 from harness.reference.llama.attention import IMPLS
 
 TARGET_FLAGS: dict[str, list[str]] = {
@@ -147,6 +147,10 @@ class Target:
         if program == "serving_layers":
             flags += BISECT_DECODE_FLAGS[self.hal_target_device]
         return devices + [f for f in flags if not f.endswith("=")] + list(self.extra_flags)
+
+    def compiler_key(self) -> dict:
+        """The compiler's content hash and the extra flags: what, besides the program, decides a module."""
+        return {"compiler_sha256": compiler_identity(self.compiler), "extra_flags": list(self.extra_flags)}
 
     @property
     def name(self) -> str:

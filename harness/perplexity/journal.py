@@ -22,6 +22,7 @@ from harness.perplexity.stats import WindowResult
 
 class Journal:
     def __init__(self, directory: Path, key: dict):
+        """The journal of the scoring `key` in `directory`, made or reopened for writing."""
         self.directory, self.key = directory, key
         directory.mkdir(parents=True, exist_ok=True)
         key_file = directory / "key.json"
@@ -30,6 +31,16 @@ class Journal:
             raise HarnessError(f"{directory}: holds the windows of another perplexity scoring (its key.json differs: "
                                "another model, protocol, engine set or code); use another --run-name")
         key_file.write_text(text)
+
+    @classmethod
+    def read(cls, directory: Path) -> "Journal":
+        """An existing journal, to read only (`report merge` reads other runs' journals, never writes them)."""
+        key_file = directory / "key.json"
+        if not key_file.is_file():
+            raise HarnessError(f"{directory}: no perplexity journal (key.json) here")
+        journal = cls.__new__(cls)
+        journal.directory, journal.key = directory, json.loads(key_file.read_text())
+        return journal
 
     def _path(self, index: int) -> Path:
         return self.directory / f"window-{index:06d}.npz"

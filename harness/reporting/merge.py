@@ -33,11 +33,11 @@ def _check_shards(runs: dict[Path, list[dict]]) -> None:
                            f"{'missing' if absent else ', '.join(sorted(named))}")
 
 
-def merge(out_dir: Path, run_dirs: list[Path]) -> Path:
+def merge(out_dir: Path, run_dirs: list[Path], golden_dir: Path = Path("golden")) -> Path:
     """One run from several (the shards of a matrix split over machines): their records and plots in
     `out_dir`, and its summary. Every shard of the matrix must be given (`_check_shards`); a configuration's
     perplexity scored in `--ppl-shard`s becomes one record, its statistics computed from all the shards' windows
-    (checks/perplexity.py join_shards)."""
+    (checks/perplexity.py join_shards), gated against the goldens in `golden_dir`."""
     runs = {}
     for run_dir in run_dirs:
         if not (run_dir / "records.jsonl").exists():
@@ -55,5 +55,5 @@ def merge(out_dir: Path, run_dirs: list[Path]) -> Path:
         for plot in run_dir.glob("*.png"):
             shutil.copy2(plot, out_dir / plot.name)
     for shards in ppl_shards.values():
-        records.append(out_dir / "records.jsonl", perplexity.join_shards(shards))
+        records.append(out_dir / "records.jsonl", perplexity.join_shards(shards, golden_dir))
     return write_summary(out_dir)

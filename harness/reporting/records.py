@@ -35,6 +35,8 @@ def new_run_dir(report_dir: Path, name: str | None, resume: bool = False) -> Pat
     its own: a name that already holds records is refused, not appended to; with `resume`, its records are set
     aside (records.interrupted-<k>.jsonl) and the run starts again, keeping what it had journaled (perplexity's
     finished windows)."""
+    if resume and not name:
+        raise HarnessError("--resume: name the run to resume (--run-name)")
     if not name:  # a timestamp, made unique within the second
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         name = next(n for n in (stamp, *(f"{stamp}-{i}" for i in range(2, 1000))) if not (report_dir / n).exists())

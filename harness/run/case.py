@@ -16,7 +16,7 @@ from harness.candidates import Candidate, Forward
 from harness.candidates.artifact import ArtifactCandidate
 from harness.candidates.exported import ExportedCandidate
 from harness.checks import Inputs
-from harness.checks.serving import Plan
+from harness.checks.serving import QUICK, Plan
 from harness.common.dtypes import quantization
 from harness.common.errors import HarnessError
 from harness.common.host import machine
@@ -52,6 +52,9 @@ class Case:
             return model
         if self.fault:
             raise HarnessError(f"--artifact {self.config.artifact}: faults are planted in the harness's own export")
+        if self.config.dtype != self.artifact.dtype:
+            raise HarnessError(f"--dtype {self.config.dtype}: the export at {self.config.artifact} is "
+                               f"{self.artifact.dtype} (its kv_cache_dtype {self.artifact.export.kv_cache_dtype})")
         return ModelSpec(self.config.name, None, lambda: self.artifact.weights,
                          load_tokenizer=model.load_tokenizer if model else None)
 
@@ -111,6 +114,20 @@ class Case:
         whole = min(len(plan.chunks) - 1, (total - 1) // stride)
         return dataclasses.replace(plan, shape=shape, lengths=plan.lengths[:batch],
                                    chunks=(stride,) * whole + (total - whole * stride,))
+
+    def unsupported(self, check: str) -> str | None:
+        """Why this configuration cannot take `check`, or None: the candidate's reason, or for an export, that
+        its batch sizes or stride leave the check nothing to compare (the check is then a recorded skip)."""
+        reason = self.candidate.unsupported(check)
+        if reason or not self.artifact:
+            return reason
+        plan = self.serving_plan(QUICK)
+        if check == "batching" and len(plan.lengths) < 2:
+            return (f"the export has no batch size from 2 to {len(QUICK.lengths)} with both prefill and decode "
+                    f"(batches {list(plan.shape.batches)})")
+        if check == "chunked_prefill" and len(plan.chunks) < 2:
+            return f"the check's {sum(plan.chunks)} tokens fit one page of {plan.shape.stride}: no second chunk"
+        return None
 
     @property
     def policy(self) -> Policy:

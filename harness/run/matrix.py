@@ -89,12 +89,19 @@ def artifact_configs(get: Callable[[str], object], t: Target) -> list[RunConfig]
         raise HarnessError(f"--model with --artifact names the tokenizer's model: give one, not {len(models)}")
     if _csv(get("tp"), ("1",)) != ["1"]:
         raise HarnessError("--tp with --artifact: an export's tensor parallelism is its own (read from its config)")
+    paths = [p for value in get("artifact") for p in value.split(",")]
+    if not all(paths):
+        raise HarnessError("--artifact: an empty path (did the command that names the export fail?)")
     configs = []
-    for path in _csv(get("artifact"), ()):
+    for path in paths:
         try:
             dtypes = _csv(get("dtype"), (Artifact(path).dtype,))
         except HarnessError:
             dtypes = _csv(get("dtype"), ("fp32",))
         configs += [RunConfig(models[0], dtype, 1, get("seq_len"), t, get("eager_reference"), artifact=path)
                     for dtype in dtypes]
+    ids = [c.id for c in configs]
+    if len(set(ids)) < len(ids):
+        raise HarnessError(f"--artifact: two exports make one configuration id ({', '.join(ids)}): their directories "
+                           "need different names")
     return configs

@@ -21,7 +21,7 @@ MATRIX_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
                         f"comma-separated (default: {','.join(DEFAULT_MODELS)})")),
     (("--artifact",), dict(action="append", help="a sharktank export's directory (config *.json, *.irpa, and "
                            "*.mlir and/or *.vmfb) to judge instead of the harness's own export; repeatable. --model "
-                           "then names the tokenizer's model (real text); --dtype defaults to the export's")),
+                           "then names the tokenizer's model (real text); the dtype is the export's")),
     (("--dtype",), dict(action="append", help=f"repeatable or comma-separated (default: {','.join(DEFAULT_DTYPES)})")),
     (("--tp", "--tensor-parallelism-size"), dict(dest="tp", action="append",
                                                  help="tensor-parallel sizes; repeatable or comma-separated "
