@@ -35,7 +35,7 @@ def short_text(tmp_path_factory):
 def test_stored_window_results_give_the_same_statistics_bit_for_bit(tmp_path):
     gen = torch.Generator().manual_seed(0)
     direct, replayed = Accumulator(["a", "b"]), Accumulator(["a", "b"])
-    journal = Journal(tmp_path, {"test": 1})
+    journal = Journal.open(tmp_path, {"test": 1})
     for index in range(5):
         targets = torch.randint(0, 50, (37,), generator=gen)
         logits = [torch.randn(37, 50, generator=gen) for _ in range(2)]
@@ -45,7 +45,7 @@ def test_stored_window_results_give_the_same_statistics_bit_for_bit(tmp_path):
         replayed.add_result(result)
     assert json.dumps(direct.result().to_record()) == json.dumps(replayed.result().to_record())
     with pytest.raises(HarnessError, match="holds the windows of another perplexity scoring"):
-        Journal(tmp_path, {"test": 2})
+        Journal.open(tmp_path, {"test": 2})
 
 
 def stats_of(run_dir: Path) -> dict:

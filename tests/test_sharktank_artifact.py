@@ -3,6 +3,7 @@ llama exported by `amdsharktank.examples.export_paged_llm_v1` in sharktank's env
 MLIR compiled by the harness, and every check a sharktank program can take run against an eager reference made
 from its IRPA. A decode fault planted in sharktank's MLIR must be caught; bad exports get one line each."""
 
+import dataclasses
 import json
 import re
 import shutil
@@ -45,8 +46,7 @@ def case(directory: Path) -> Case:
 
 
 def run(c: Case, check, **plan_changes) -> dict:
-    plan = c.serving_plan(serving.QUICK)
-    plan = plan.__class__(**{**plan.__dict__, **plan_changes})
+    plan = dataclasses.replace(c.serving_plan(serving.QUICK), **plan_changes)
     return c.run(check, inputs=c.token_inputs(plan.tokens), plan=plan)
 
 

@@ -132,8 +132,8 @@ class Artifact:
         if odd:
             raise HarnessError(f"{self.irpa}: tensors not in a float type the reference reads: {', '.join(odd[:4])}")
         # sharktank's toy llama stores output_norm as [1, dim]: a leading unit dimension is not a different shape.
-        stored = {n: RawTensor(GGUF_TYPES[t.dtype], tuple(t.shape[1:] if t.dim() == 2 and t.shape[0] == 1 else t.shape),
-                               t.reshape(-1) if t.dim() == 2 and t.shape[0] == 1 else t) for n, t in tensors.items()}
+        flat = {n: t.reshape(-1) if t.dim() == 2 and t.shape[0] == 1 else t for n, t in tensors.items()}
+        stored = {n: RawTensor(GGUF_TYPES[t.dtype], tuple(t.shape), t) for n, t in flat.items()}
         # sharktank's rule: rows are in the interleaved rotary layout if the properties say so, and by default
         # when they came from a GGUF file (its import writes "schema": "GGUF", not the interleave key).
         interleaved = properties.get("llama.rope.interleave_emb", properties.get("schema") == "GGUF")
@@ -161,7 +161,7 @@ class Artifact:
             self._check_mlir()
 
     def _check_mlir(self) -> None:
-        found = {m[1]: (m[2], [a for a in _ARG.findall(m[4])]) for m in _FUNC.finditer(self.mlir.read_text())}
+        found = {m[1]: (m[2], _ARG.findall(m[4])) for m in _FUNC.finditer(self.mlir.read_text())}
         e = self.export
         wanted = ([f"prefill_bs{n}" for n in e.prefill_batch_sizes] + [f"decode_bs{n}" for n in e.decode_batch_sizes])
         missing = [name for name in wanted if name not in found]
@@ -206,4 +206,3 @@ class Artifact:
         return {"artifact": str(self.directory), "config": self.config_path.name,
                 "program": (self.vmfb or self.mlir).name, "irpa": self.irpa.name,
                 "layers_per_device": self.export.layer_groups}
-

@@ -102,7 +102,7 @@ def evaluate(candidate: Candidate, reference: Reference, windows: Windows, polic
            "candidate": candidate.describe(), "protocol": windows.protocol.to_dict(),
            "engines": [[e.name for e in c] for c in comparisons], "code": [source_digest(), _code_digest()],
            "versions": versions()}
-    result, *cost = score_all(comparisons, windows, progress, journal and Journal(journal, key), shard)
+    result, *cost = score_all(comparisons, windows, progress, journal and Journal.open(journal, key), shard)
     stats = result.stats
     golden_file = gate.golden_path(golden_dir, reference.name, policy.dtype, windows.protocol)
     if update_golden:  # never gated against itself
@@ -117,8 +117,8 @@ def evaluate(candidate: Candidate, reference: Reference, windows: Windows, polic
                                   {"path": str(golden_file)})]
     else:
         golden = golden_gates(stats, windows.protocol, golden_file, reference.weights.sha256, policy, golden_required,
-                              (golden_command or f"python -m harness perplexity --model {reference.name} --dtype "
-                               f"{policy.dtype}") + " --all --update-golden")
+                              golden_command or f"python -m harness perplexity --model {reference.name} --dtype "
+                              f"{policy.dtype}")
     gates = ([gate.check_pair(stats, policy.dtype)] if engine == "both" else []) + golden
     return dict(kind="perplexity", **result.to_record(), summary=result.summary(),
                 vs_fp32=cost[0].stats.to_record() if cost else None, gates=[g.to_record() for g in gates],
@@ -131,10 +131,11 @@ def evaluate(candidate: Candidate, reference: Reference, windows: Windows, polic
 
 
 def golden_gates(stats: Stats, protocol: Protocol, golden_file: Path, sha256: str, policy: Policy, required: bool,
-                 update_command: str) -> list[gate.GateResult]:
-    """Each engine against the golden file, or the missing golden's verdict."""
+                 rerun: str) -> list[gate.GateResult]:
+    """Each engine against the golden file, or the missing golden's verdict (`rerun`: the configuration's
+    `python -m harness perplexity` command, which writes it given --all --update-golden)."""
     if not golden_file.exists():
-        return [gate.no_golden(golden_file, required, update_command)]
+        return [gate.no_golden(golden_file, required, f"{rerun} --all --update-golden")]
     golden = gate.read_golden(golden_file)
     return [gate.golden_gate(e, stats, protocol, golden, sha256, policy.perplexity.golden_rtol) for e in stats.engines]
 
@@ -150,15 +151,13 @@ def join_shards(shards: list[tuple[Path, dict]], golden_dir: Path) -> dict:
     except HarnessError as e:
         return {**{k: v for k, v in first.items() if k not in ("stats", "vs_fp32", "gates", "summary")},
                 "failure": {"stage": "perplexity", "message": str(e)}, "passed": False}
-    stats, *cost = result
-    dtype, protocol = first["dtype"], result[0].protocol
-    model = first["model"]
-    gates = ([gate.check_pair(stats.stats, dtype)] if stats.stats.pair else []) + golden_gates(
-        stats.stats, protocol, gate.golden_path(golden_dir, model, dtype, protocol), first["weights"]["sha256"],
-        tolerance.policy(dtype), first["golden_required"],
-        (first["golden_command"] or "python -m harness perplexity") + " --all --update-golden")
-    return {**first, **stats.to_record(), "vs_fp32": cost[0].stats.to_record() if cost else None,
-            "summary": stats.summary(), "gates": [g.to_record() for g in gates], "ppl_shard": None, "journal": None,
+    joined, *cost = result
+    stats, protocol, dtype = joined.stats, joined.protocol, first["dtype"]
+    gates = ([gate.check_pair(stats, dtype)] if stats.pair else []) + golden_gates(
+        stats, protocol, gate.golden_path(golden_dir, first["model"], dtype, protocol), first["weights"]["sha256"],
+        tolerance.policy(dtype), first["golden_required"], first["golden_command"] or "python -m harness perplexity")
+    return {**first, **joined.to_record(), "vs_fp32": cost[0].stats.to_record() if cost else None,
+            "summary": joined.summary(), "gates": [g.to_record() for g in gates], "ppl_shard": None, "journal": None,
             "joined_shards": sorted(rec["ppl_shard"] for _, rec in shards),
             "passed": all(g.verdict in ("pass", "ungated") for g in gates)}
 

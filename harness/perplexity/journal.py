@@ -22,8 +22,11 @@ from harness.perplexity.stats import WindowResult
 
 class Journal:
     def __init__(self, directory: Path, key: dict):
-        """The journal of the scoring `key` in `directory`, made or reopened for writing."""
         self.directory, self.key = directory, key
+
+    @classmethod
+    def open(cls, directory: Path, key: dict) -> "Journal":
+        """The journal of the scoring `key` in `directory`, made or reopened for writing."""
         directory.mkdir(parents=True, exist_ok=True)
         key_file = directory / "key.json"
         text = json.dumps(key, sort_keys=True, indent=1, default=str)
@@ -31,6 +34,7 @@ class Journal:
             raise HarnessError(f"{directory}: holds the windows of another perplexity scoring (its key.json differs: "
                                "another model, protocol, engine set or code); use another --run-name")
         key_file.write_text(text)
+        return cls(directory, key)
 
     @classmethod
     def read(cls, directory: Path) -> "Journal":
@@ -38,9 +42,7 @@ class Journal:
         key_file = directory / "key.json"
         if not key_file.is_file():
             raise HarnessError(f"{directory}: no perplexity journal (key.json) here")
-        journal = cls.__new__(cls)
-        journal.directory, journal.key = directory, json.loads(key_file.read_text())
-        return journal
+        return cls(directory, json.loads(key_file.read_text()))
 
     def _path(self, index: int) -> Path:
         return self.directory / f"window-{index:06d}.npz"
