@@ -73,7 +73,7 @@ def _perplexity(args):
                        journal=perplexity.journal_dir(run_dir, case.config.id),
                        shard=args.ppl_shard and parse_shard(args.ppl_shard, "--ppl-shard"),
                        command=shlex.join(["python", "-m", "harness", *sys.argv[1:]]), vs_fp32=not args.no_vs_fp32,
-                       golden_command=case.config.command("perplexity"))
+                       golden_command=case.config.command("perplexity"), eager_cache=args.eager_cache)
         gates = "\n".join(g["message"] for g in rec["gates"]) or "no gate applies (one engine, no golden)"
         return rec, rec["passed"], "\n" + rec["summary"] + "\n" + gates
     return _each_config(args, check, "perplexity")

@@ -111,7 +111,7 @@ def test_single_engine_mode_gives_perplexity_only():
 def test_rows_are_reduced_in_blocks_without_changing_results(monkeypatch):
     windows = random_windows(4)
     whole = accumulate(windows)
-    monkeypatch.setattr(stats, "_BLOCK_ELEMENTS", 7 * VOCAB)  # 7 rows at a time
+    monkeypatch.setattr(stats, "BLOCK_ELEMENTS", 7 * VOCAB)  # 7 rows at a time
     blocked = accumulate(windows)
     assert blocked.pair.kld.value == pytest.approx(whole.pair.kld.value, rel=1e-12)
     assert blocked.pair.same_top == whole.pair.same_top

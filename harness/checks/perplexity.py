@@ -8,15 +8,19 @@ import json
 from importlib.metadata import version
 from pathlib import Path
 
-from harness.candidates import Candidate
+import torch
+
+from harness.candidates import Candidate, Forward
 from harness.candidates.exported import source_digest
-from harness.common.cache import digest
+from harness.common import host
+from harness.common.cache import cache_dir, digest
 from harness.common.errors import HarnessError
 from harness.data.dataset import load_text
 from harness.numerics import tolerance
 from harness.numerics.tolerance import Policy, perplexity_budget
 from harness.perplexity import gate
-from harness.perplexity.journal import Journal
+from harness.perplexity.eager_cache import TOP_K, EagerCache, kld_over
+from harness.perplexity.journal import Journal, WindowStore
 from harness.perplexity.protocol import DEFAULT_N_CTX, Protocol, Windows, check_max_windows, make_windows
 from harness.perplexity.runner import PerplexityResult, Timing, score_all
 from harness.perplexity.stats import Accumulator, Stats
@@ -37,10 +41,24 @@ def journal_dir(run_dir: Path, config_id: str) -> Path:
     return run_dir / "perplexity" / slug(config_id)
 
 
-def _code_digest() -> str:
-    """The perplexity code's own sources: what scores a window, besides the model and program."""
-    package = Path(__file__).resolve().parents[1]
-    return digest(*(p.read_bytes() for p in [*sorted((package / "perplexity").glob("*.py")), Path(__file__)]))
+def _code_digest(*packages: str) -> str:
+    """The perplexity code's own sources (and those of `packages`): what scores a window, besides the model and
+    program."""
+    root = Path(__file__).resolve().parents[1]
+    files = [p for package in ("perplexity", *packages) for p in sorted((root / package).rglob("*.py"))]
+    return digest(*(p.read_bytes() for p in [*files, Path(__file__)]))
+
+
+def open_eager_cache(reference: Reference, protocol: Protocol, engines: list[Forward]) -> EagerCache:
+    """The eager cache of the reference's `engines` on the protocol's window sequence (perplexity/eager_cache.py),
+    under `$HARNESS_CACHE_DIR/eager/`, named by the digest of everything eager's logits depend on."""
+    key = {"model": reference.name, "weights": reference.weights.sha256, "dtype": reference.dtype,
+           "attention": reference.attention, "mode": reference.mode,
+           "windows": {f: getattr(protocol, f) for f in Protocol.STREAM_FIELDS}, "top_k": TOP_K,
+           "code": _code_digest("reference", "transforms", "common"), "torch": torch.__version__,
+           "machine": {k: host.machine()[k] for k in ("llvm_cpu", "cpu_features", "threads")}}
+    name = digest(json.dumps(key, sort_keys=True, default=str))
+    return EagerCache(WindowStore.open(cache_dir("eager") / name, key), engines)
 
 
 def windows(reference: Reference, n_windows: int | None = QUICK_WINDOWS, n_ctx: int = DEFAULT_N_CTX,
@@ -79,14 +97,15 @@ def independent_check(reference: Reference, windows: Windows, stats: Stats, n: i
 def evaluate(candidate: Candidate, reference: Reference, windows: Windows, policy: Policy, golden_dir: Path,
              engine: str = "both", progress: bool = False, update_golden: bool = False, command: str = "",
              vs_fp32: bool = True, golden_required: bool = False, golden_command: str = "",
-             journal: Path | None = None, shard: tuple[int, int] | None = None) -> dict:
+             journal: Path | None = None, shard: tuple[int, int] | None = None, eager_cache: bool = False) -> dict:
     """Score `windows`; the record's kind and fields, with a "gates" list. `engine`: both, or only eager or
     the candidate; `vs_fp32`: also score eager fp32 on the same windows, for what a non-fp32 dtype costs;
     `golden_required` (the nightly): a missing golden fails instead of leaving the run ungated;
     `golden_command`: the configuration's `python -m harness perplexity` command, for the missing golden's hint;
     `journal`: the directory where each window's results are kept as it finishes (a rerun resumes from them);
     `shard` (i - 1, N): score only windows i - 1, i - 1 + N, ... (`report merge` joins the shards and gates the
-    whole against its golden)."""
+    whole against its golden); `eager_cache`: keep eager's results of each window and reuse them
+    (perplexity/eager_cache.py: the KLD against the compiled engine is then over eager's top tokens)."""
     if engine not in ENGINES:
         raise HarnessError(f"--engine {engine!r}: choose from {', '.join(ENGINES)}")
     if shard and update_golden:
@@ -98,11 +117,13 @@ def evaluate(candidate: Candidate, reference: Reference, windows: Windows, polic
     # What the dtype or quantization itself costs: its eager reference against eager fp32, same windows.
     if vs_fp32 and policy.dtype != "fp32":
         comparisons.append([reference.fp32, reference.eager])
+    cache = eager_cache and open_eager_cache(reference, windows.protocol, engines["eager"] + (
+        [reference.fp32] if len(comparisons) > 1 else []))
     key = {"model": reference.name, "dtype": policy.dtype, "weights": reference.weights.sha256,
            "candidate": candidate.describe(), "protocol": windows.protocol.to_dict(),
            "engines": [[e.name for e in c] for c in comparisons], "code": [source_digest(), _code_digest()],
-           "versions": versions()}
-    result, *cost = score_all(comparisons, windows, progress, journal and Journal.open(journal, key), shard)
+           "kld_over": [kld_over(cache, c) for c in comparisons], "versions": versions()}
+    result, *cost = score_all(comparisons, windows, progress, journal and Journal.open(journal, key), shard, cache)
     stats = result.stats
     golden_file = gate.golden_path(golden_dir, reference.name, policy.dtype, windows.protocol)
     if update_golden:  # never gated against itself
@@ -126,6 +147,8 @@ def evaluate(candidate: Candidate, reference: Reference, windows: Windows, polic
                 golden_required=golden_required,
                 golden_command=golden_command,
                 journal=journal and str(journal),
+                eager_cache=cache and {"directory": str(cache.store.directory), "windows_kept": cache.hits,
+                                       "windows_computed": cache.misses},
                 ppl_shard=f"{shard[0] + 1}/{shard[1]}" if shard else None,
                 passed=all(g.verdict in ("pass", "ungated") for g in gates))
 
@@ -176,7 +199,8 @@ def _joined(shards: list[tuple[Path, dict]]) -> list[PerplexityResult]:
         raise HarnessError(f"report merge: perplexity of {first['config']}: the shards' journals score different "
                            "things (their key.json differ)")
     protocol = Protocol.from_dict(first["protocol"])
-    accumulators = [Accumulator(names) for names in journals[0].key["engines"]]
+    key = journals[0].key
+    accumulators = [Accumulator(names, over) for names, over in zip(key["engines"], key["kld_over"])]
     for index in range(protocol.n_windows):
         results = journals[index % total].load(index)
         if results is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +21,15 @@ from harness.common.errors import HarnessError
 from harness.perplexity.stats import WindowResult
 
 
-class Journal:
+class WindowStore:
+    """A directory of per-window .npz files (written atomically) and key.json, the key of what they hold."""
+
     def __init__(self, directory: Path, key: dict):
         self.directory, self.key = directory, key
 
     @classmethod
-    def open(cls, directory: Path, key: dict) -> "Journal":
-        """The journal of the scoring `key` in `directory`, made or reopened for writing."""
+    def open(cls, directory: Path, key: dict):
+        """The store of `key` in `directory`, made or reopened for writing."""
         directory.mkdir(parents=True, exist_ok=True)
         key_file = directory / "key.json"
         text = json.dumps(key, sort_keys=True, indent=1, default=str)
@@ -37,8 +40,8 @@ class Journal:
         return cls(directory, key)
 
     @classmethod
-    def read(cls, directory: Path) -> "Journal":
-        """An existing journal, to read only (`report merge` reads other runs' journals, never writes them)."""
+    def read(cls, directory: Path):
+        """An existing store, to read only (`report merge` reads other runs' journals, never writes them)."""
         key_file = directory / "key.json"
         if not key_file.is_file():
             raise HarnessError(f"{directory}: no perplexity journal (key.json) here")
@@ -50,23 +53,33 @@ class Journal:
     def indices(self) -> list[int]:
         return sorted(int(p.stem.split("-")[1]) for p in self.directory.glob("window-*.npz"))
 
-    def load(self, index: int) -> list[WindowResult] | None:
-        """Window `index`'s results per comparison, or None if it was not finished."""
+    def arrays(self, index: int) -> dict[str, np.ndarray] | None:
+        """Window `index`'s arrays, or None if it was not written."""
         path = self._path(index)
         if not path.exists():
             return None
-        with np.load(path) as data:
-            return [WindowResult(tuple(data[f"c{c}_nll{e}"] for e in range(int(data[f"c{c}_engines"]))),
-                                 data[f"c{c}_kld"] if f"c{c}_kld" in data else None, int(data[f"c{c}_same_top"]))
-                    for c in range(int(data["comparisons"]))]
+        try:
+            with np.load(path) as data:
+                return dict(data)
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
+            raise HarnessError(f"{path}: unreadable ({type(e).__name__}: {e}); delete it") from None
+
+    def write(self, index: int, arrays: dict[str, np.ndarray]) -> None:
+        tmp = self.directory / f".window-{index:06d}.{os.getpid()}.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, self._path(index))  # atomic: a kill leaves the window whole or absent
+
+
+class Journal(WindowStore):
+    """One run's scoring: each window's results per comparison."""
+
+    def load(self, index: int) -> list[WindowResult] | None:
+        """Window `index`'s results per comparison, or None if it was not finished."""
+        data = self.arrays(index)
+        return data and [WindowResult.from_arrays(data, f"c{c}_") for c in range(int(data["comparisons"]))]
 
     def save(self, index: int, results: list[WindowResult]) -> None:
         arrays = {"comparisons": np.array(len(results))}
         for c, r in enumerate(results):
-            arrays |= {f"c{c}_engines": np.array(len(r.nll)), f"c{c}_same_top": np.array(r.same_top),
-                       **{f"c{c}_nll{e}": nll for e, nll in enumerate(r.nll)}}
-            if r.kld is not None:
-                arrays[f"c{c}_kld"] = r.kld
-        tmp = self.directory / f".window-{index:06d}.{os.getpid()}.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, self._path(index))  # atomic: a kill leaves the window whole or absent
+            arrays |= r.to_arrays(f"c{c}_")
+        self.write(index, arrays)

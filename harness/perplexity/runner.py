@@ -9,24 +9,26 @@ import dataclasses
 import time
 from typing import Sequence
 
+import torch
 from tqdm import tqdm
 
 from harness.candidates import Forward
 from harness.common.errors import HarnessError
+from harness.perplexity.eager_cache import CachedWindow, EagerCache, kld_over, measure_against
 from harness.perplexity.journal import Journal
-from harness.perplexity.protocol import Protocol, Windows
-from harness.perplexity.stats import Accumulator, Stats
+from harness.perplexity.protocol import Protocol, Window, Windows
+from harness.perplexity.stats import Accumulator, Stats, WindowResult
 
 
 @dataclasses.dataclass(frozen=True)
 class Timing:
     engine: str
     seconds: float  # inside engine.logits
-    prefill_tokens: int
+    prefill_tokens: int  # 0: every window came from the eager cache
 
     @property
     def tokens_per_s(self) -> float:
-        return self.prefill_tokens / self.seconds if self.seconds > 0 else float("inf")
+        return self.prefill_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +48,8 @@ class PerplexityResult:
                  f"n_ctx={p.n_ctx} stride={p.stride} bos {p.bos}: {p.n_windows}/{p.total_windows} windows, "
                  f"{p.n_tokens} scored tokens ({p.scored})",
                  self.stats.format(), ""]
-        lines += [f"[{t.engine}] {t.seconds:.2f} s in prefill, {t.tokens_per_s:.0f} tokens/s" for t in self.timings]
+        lines += [f"[{t.engine}] {t.seconds:.2f} s in prefill, {t.tokens_per_s:.0f} tokens/s" if t.prefill_tokens
+                  else f"[{t.engine}] not run: every window from the eager cache" for t in self.timings]
         lines.append(f"wall {self.wall_s:.2f} s")
         return "\n".join(lines)
 
@@ -57,15 +60,16 @@ def score(engines: Sequence[Forward], windows: Windows, progress: bool = False) 
 
 
 def score_all(comparisons: Sequence[Sequence[Forward]], windows: Windows, progress: bool = False,
-              journal: Journal | None = None, shard: tuple[int, int] | None = None) -> list[PerplexityResult]:
+              journal: Journal | None = None, shard: tuple[int, int] | None = None,
+              eager_cache: EagerCache | None = None) -> list[PerplexityResult]:
     """`score` for several comparisons on the same windows, each engine run once per window however many
     comparisons it is in (the same object: e.g. a dtype's eager reference vs IREE, and vs eager fp32). With a
     `journal`, each window's results are written as it finishes and a window already there is not scored
-    again; `shard` (i - 1, N): only the windows i - 1, i - 1 + N, ... (`--ppl-shard i/N`)."""
+    again; `shard` (i - 1, N): only the windows i - 1, i - 1 + N, ... (`--ppl-shard i/N`); `eager_cache`: the
+    engines it covers are run only for windows it does not hold yet (eager_cache.py)."""
     engines = list({id(e): e for c in comparisons for e in c}.values())
-    stats = [Accumulator([e.name for e in c]) for c in comparisons]
-    seconds = {id(e): 0.0 for e in engines}
-    prefill_tokens = 0
+    stats = [Accumulator([e.name for e in c], kld_over(eager_cache, c)) for c in comparisons]
+    clock = _Clock(engines)
     start = time.perf_counter()
     mine, count = shard or (0, 1)
     with tqdm(total=len(range(mine, len(windows), count)), unit="window", desc="perplexity",
@@ -75,25 +79,59 @@ def score_all(comparisons: Sequence[Sequence[Forward]], windows: Windows, progre
                 continue
             results = journal.load(index) if journal else None
             if results is None:
-                tokens = window.inputs[None]
-                rows = {}
-                for engine in engines:
-                    t0 = time.perf_counter()
-                    rows[id(engine)] = _scored_rows(engine, tokens, window)
-                    seconds[id(engine)] += time.perf_counter() - t0
-                results = [acc.measure(window.targets, _same_vocabulary([rows[id(e)] for e in comparison], comparison))
-                           for acc, comparison in zip(stats, comparisons)]
+                results = _measure(window, comparisons, stats, clock, eager_cache and eager_cache.window(index))
                 if journal:
                     journal.save(index, results)
-                prefill_tokens += tokens.shape[1]
             for acc, result in zip(stats, results):
                 acc.add_result(result)
             bar.set_postfix(ppl=f"{stats[0].running_ppl():.4f}", refresh=False)
             bar.update()
     wall_s = time.perf_counter() - start
-    return [PerplexityResult(windows.protocol, acc.result(),
-                             tuple(Timing(e.name, seconds[id(e)], prefill_tokens) for e in comparison), wall_s)
+    return [PerplexityResult(windows.protocol, acc.result(), tuple(clock.timing(e) for e in comparison), wall_s)
             for acc, comparison in zip(stats, comparisons)]
+
+
+class _Clock:
+    """Each engine's logits of the current window, computed at most once, and the time spent computing them."""
+
+    def __init__(self, engines: Sequence[Forward]):
+        self.seconds = {id(e): 0.0 for e in engines}
+        self.tokens = {id(e): 0 for e in engines}
+        self.rows: dict[int, torch.Tensor] = {}
+
+    def logits(self, engine: Forward, window: Window) -> torch.Tensor:
+        if id(engine) not in self.rows:
+            tokens = window.inputs[None]
+            t0 = time.perf_counter()
+            self.rows[id(engine)] = _scored_rows(engine, tokens, window)
+            self.seconds[id(engine)] += time.perf_counter() - t0
+            self.tokens[id(engine)] += tokens.shape[1]
+        return self.rows[id(engine)]
+
+    def timing(self, engine: Forward) -> Timing:
+        return Timing(engine.name, self.seconds[id(engine)], self.tokens[id(engine)])
+
+
+def _measure(window: Window, comparisons, stats, clock: _Clock, cached: CachedWindow | None) -> list[WindowResult]:
+    """One window's results per comparison, from its engines' logits or, for the engines the eager cache covers,
+    from what it keeps of them."""
+    clock.rows.clear()
+    results = []
+    for acc, comparison in zip(stats, comparisons):
+        def rows():
+            return _same_vocabulary([clock.logits(e, window) for e in comparison], comparison)
+        if cached and cached.cache.keeps_result(comparison):
+            results.append(cached.result(comparison, lambda: acc.measure(window.targets, rows())))
+        elif cached and cached.cache.keeps_summary(comparison):
+            reference, candidate = comparison
+            summary = cached.summary(reference, window.targets, lambda: clock.logits(reference, window))
+            results.append(measure_against(window.targets, summary, clock.logits(candidate, window)))
+        else:
+            results.append(acc.measure(window.targets, rows()))
+    if cached:
+        cached.close()
+    clock.rows.clear()  # a window's rows are dropped as soon as it is measured
+    return results
 
 
 def _scored_rows(engine: Forward, tokens, window):

@@ -29,8 +29,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+KLD_FULL = "the whole vocabulary"
 PERCENTILES = (99.9, 99.0, 95.0, 90.0, 50.0, 10.0, 5.0, 1.0, 0.1)
-_BLOCK_ELEMENTS = 1 << 23  # fp64 log-softmax elements reduced at a time: 64 MB per engine
+BLOCK_ELEMENTS = 1 << 23  # fp64 log-softmax elements reduced at a time: 64 MB per engine
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +95,7 @@ class Stats:
     engines: tuple[EngineStats, ...]  # the reference (A) first
     pair: PairStats | None
     window_tokens: tuple[int, ...] = ()  # scored tokens of each window
+    kld_over: str = KLD_FULL  # the outcomes the KLD sums over (eager_cache.py keeps eager's top tokens)
 
     def to_record(self) -> dict:
         return dataclasses.asdict(self)
@@ -117,6 +119,8 @@ class Stats:
             "", "====== KL divergence statistics ======",
             f"Mean    KLD: {p.kld.value:10.6f} ± {p.kld.se:10.6f}",
         ]
+        if self.kld_over != KLD_FULL:
+            lines.append(f"over {self.kld_over}")
         lines += [f"{_percentile_label(k)} KLD: {v:10.6f}" for k, v in p.kld_percentiles.items()]
         lines += [
             "", "====== Token probability statistics ======",
@@ -132,7 +136,7 @@ def _percentile_label(key: str) -> str:
     return labels[key] if key in labels else f"{float(key):4.1f}%  "
 
 
-def _kld_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def kld_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """sum_v exp(a_v) (a_v - b_v) per row of log-probs, as one batched dot product (the full-file run's
     statistics cost half of what elementwise products and a sum do)."""
     d = a - b
@@ -155,15 +159,26 @@ class WindowResult:
     kld: np.ndarray | None
     same_top: int
 
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        """Its arrays under names that start with `prefix` (for one .npz holding several results)."""
+        arrays = {f"{prefix}engines": np.array(len(self.nll)), f"{prefix}same_top": np.array(self.same_top),
+                  **{f"{prefix}nll{e}": nll for e, nll in enumerate(self.nll)}}
+        return arrays | ({f"{prefix}kld": self.kld} if self.kld is not None else {})
+
+    @classmethod
+    def from_arrays(cls, arrays, prefix: str) -> "WindowResult":
+        return cls(tuple(arrays[f"{prefix}nll{e}"] for e in range(int(arrays[f"{prefix}engines"]))),
+                   arrays[f"{prefix}kld"] if f"{prefix}kld" in arrays else None, int(arrays[f"{prefix}same_top"]))
+
 
 class Accumulator:
     """Streaming statistics: `add` each window's scored rows as they come (or `add_result` its stored results),
     `result` at the end."""
 
-    def __init__(self, names: Sequence[str]):
+    def __init__(self, names: Sequence[str], kld_over: str = KLD_FULL):
         if len(names) not in (1, 2):
             raise ValueError(f"statistics of 1 or 2 engines, not {len(names)}")
-        self.names = tuple(names)
+        self.names, self.kld_over = tuple(names), kld_over
         self._nll: list[list[np.ndarray]] = [[] for _ in names]
         self._kld: list[np.ndarray] = []
         self._window_sizes: list[int] = []
@@ -191,7 +206,7 @@ class Accumulator:
         nll = [np.empty(n) for _ in logits]
         kld = np.empty(n)
         same_top = 0
-        rows = max(1, _BLOCK_ELEMENTS // logits[0].shape[-1])
+        rows = max(1, BLOCK_ELEMENTS // logits[0].shape[-1])
         for start in range(0, n, rows):
             block = slice(start, start + rows)
             logp = [torch.log_softmax(t[block], dim=-1, dtype=torch.float64) for t in logits]
@@ -200,7 +215,7 @@ class Accumulator:
             if self.paired:
                 a, b = logp
                 same_top += int((a.argmax(-1) == b.argmax(-1)).sum())
-                kld[block] = _kld_rows(a, b).numpy()
+                kld[block] = kld_rows(a, b).numpy()
         return WindowResult(tuple(nll), kld if self.paired else None, same_top)
 
     def add_result(self, result: WindowResult) -> None:
@@ -224,7 +239,8 @@ class Accumulator:
         nlls = [np.concatenate(chunks) for chunks in self._nll]
         engines = tuple(engine_stats(name, nll, self._window_sizes) for name, nll in zip(self.names, nlls))
         pair = self._pair(*nlls, np.concatenate(self._kld)) if self.paired else None
-        return Stats(self.n_tokens, len(self._window_sizes), engines, pair, tuple(self._window_sizes))
+        return Stats(self.n_tokens, len(self._window_sizes), engines, pair, tuple(self._window_sizes),
+                     self.kld_over if pair else KLD_FULL)
 
     def _pair(self, nll_a: np.ndarray, nll_b: np.ndarray, kld: np.ndarray) -> PairStats:
         n = nll_a.size

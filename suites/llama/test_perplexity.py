@@ -27,7 +27,8 @@ def test_perplexity(case, write_record, pytestconfig, golden_dir, conclude, run_
         return case.run(perplexity.evaluate, inputs=windows, golden_dir=golden_dir, golden_required=nightly,
                         update_golden=opt("update_golden"), command=shlex.join(["pytest", *sys.argv[1:]]),
                         golden_command=config.command("perplexity"), journal=perplexity.journal_dir(run_dir, config.id),
-                        shard=opt("ppl_shard") and parse_shard(opt("ppl_shard"), "--ppl-shard"))
+                        shard=opt("ppl_shard") and parse_shard(opt("ppl_shard"), "--ppl-shard"),
+                        eager_cache=opt("eager_cache"))
 
     rec = conclude.attempt(check)
     write_record(rec)
