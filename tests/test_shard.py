@@ -182,7 +182,7 @@ def test_compiled_tp2_matches_unsharded_eager(tmp_path, monkeypatch):
     x = tokens(config, 32)
     with torch.no_grad():
         want = model(x)
-    exported = export_program(shard(model, 2), forward_entries(torch.zeros_like(x)),
+    exported = export_program(lambda: shard(model, 2), forward_entries(torch.zeros_like(x)),
                               "tp2", "tp2-params", "test_shard")
     vmfb, _, _ = compile_module(exported.mlir, Target().compile_flags(2))
     for driver in ("local-sync", "local-task"):

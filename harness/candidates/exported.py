@@ -176,11 +176,11 @@ class ExportedCandidate:
         stage_label = "" if label == "forward" else label
         if label not in self._modules:
             fp8_decode = FP8_DECODE[self.target.hal_target_device]
-            model, config = self.model(tp), self.variant.weights.config
+            model, config = functools.cache(lambda: self.model(tp)), self.variant.weights.config  # built if exported
             tokens = torch.zeros(1, seq_len, dtype=torch.int64)
             entries = (forward_entries(tokens, first) if program == "forward"
-                       else serving_entries(model, serving) if program == "serving"
-                       else serving_layer_entries(model, serving) if program == "serving_layers"
+                       else serving_entries(model(), serving) if program == "serving"
+                       else serving_layer_entries(model(), serving) if program == "serving_layers"
                        else layer_entries(tokens, config.n_layers, config.dim))
             code = source_digest()
             fault = self.fault

@@ -41,7 +41,7 @@ class LayerCheck:
     def __init__(self, candidate: Candidate, reference: Reference, inputs: Inputs, policy: Policy):
         self.tokens, self.policy = inputs.tokens, policy
         self.compiled: Layers = candidate.layers(self.tokens.shape[1])
-        self.eager, self.oracle = reference.eager.parts(), reference.oracle.parts()
+        self.eager, self.oracle = reference.parts("eager"), reference.parts("oracle")
         self.n_layers = self.eager.n_layers
         self.chain = [self.eager.embed(self.tokens)]  # eager input of layer i is chain[i]
         for i in range(self.n_layers):

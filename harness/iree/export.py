@@ -58,9 +58,10 @@ def _linear_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
-def export_program(module: torch.nn.Module, entries: list[Entry], program_key: str, params_key: str,
+def export_program(build: Callable[[], torch.nn.Module], entries: list[Entry], program_key: str, params_key: str,
                    reproducer: str, mutates_inputs: bool = False) -> Exported:
-    """Export `entries` of `module`, reusing the cached program (`program_key`: code, shapes, dtype)
+    """Export `entries` of the module `build()` makes (only when something is not cached: the model is not built
+    for a cached program), reusing the cached program (`program_key`: code, shapes, dtype)
     and parameter archive (`params_key`: the weights as well). `mutates_inputs`: an entry updates an
     argument in place (the paged cache), which only torch.export's decomposition pass functionalizes (into
     an overwrite of the argument that IREE performs in place)."""
@@ -69,6 +70,7 @@ def export_program(module: torch.nn.Module, entries: list[Entry], program_key: s
     if mlir.exists() and irpa.exists():
         return Exported(mlir, irpa, 0.0, True)
     start = time.perf_counter()
+    module = build()
     try:
         if not mlir.exists():
             aot.externalize_module_parameters(module)

@@ -3,7 +3,8 @@
 - `Variant`: the weights rounded to the dtype, projections quantized (weight-only or W8A8, with its
   calibration), attention formulated as asked: `build(compute_dtype)` makes the torch model.
 - `EagerModel`: a built model and the precision it runs in, as a forward program (tokens -> logits) and
-  as parts (embedding, each layer with its sub-blocks, head).
+  as parts (embedding, each layer with its sub-blocks, head); `StreamingParts`: the same parts built one at a
+  time from the weights, for the layer check and bisection, which then never hold the whole model.
 - `Reference`: the three eager models a check needs: `eager` in the same dtype (real torch low precision,
   or by default for fp16/bf16 fp32 arithmetic rounded at every op boundary: the same values on every CPU,
   and ~100x faster on CPUs without half-precision units), the fp64 `oracle` (the same dtype-rounded weights
@@ -15,21 +16,26 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from functools import cached_property
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 from harness.common.dtypes import quantization, torch_dtype
+from harness.common.errors import HarnessError
 from harness.reference.llama.attention import ATTENTION
+from harness.reference.llama.config import LlamaConfig
 from harness.reference.llama.model import Llama
 from harness.reference.llama.paged import ServingShape
 from harness.reference.precision import emulate
 from harness.reference.tokenizer import Tokenizer
-from harness.reference.weights import LoadedWeights
+from harness.reference.weights import LoadedWeights, expected_shapes
 from harness.transforms import w8a8
 from harness.transforms.quantize import quantize
 
 EAGER_MODES = ("emulated", "native")
+EAGER_MEMORY = ("auto", "resident", "streaming")
+RESIDENT_SHARE = 0.5  # "auto" streams a reference that would take more of the available memory (checks need more)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -49,16 +55,19 @@ class Variant:
     def quant(self) -> str | None:
         return quantization(self.dtype)
 
-    def build(self, compute: torch.dtype | None = None, fp8_decode: str = "native", quantized: bool = True) -> Llama:
+    def build(self, compute: torch.dtype | None = None, fp8_decode: str = "native", quantized: bool = True,
+              part: str | None = None) -> Llama:
         """The model with weights rounded to the dtype and its projections quantized (unless not
         `quantized`), held and computed in `compute` (default: the dtype); fp8 codes decoded as
-        `fp8_decode` says (transforms/quantize.py)."""
+        `fp8_decode` says (transforms/quantize.py). `part` ("embed", "layer_<i>" or "head"): only that part's
+        parameters are read, the rest of the model is left on the meta device (no memory)."""
         with torch.device("meta"):  # no random init: the weights replace every parameter
             model = Llama(self.weights.config)
-        # assign: a model in the weights' own dtype shares their storage instead of holding a second copy
-        # (SmolLM2 fp32: 0.5 GB). Nothing mutates a parameter in place (faults replace theirs).
-        dtype = self.torch_dtype
-        model.load_state_dict({k: v.to(dtype) for k, v in self.weights.state_dict.items()}, assign=True)
+        # assign: a model in the weights' own dtype takes their tensors instead of a second copy (SmolLM2 fp32:
+        # 0.5 GB). Nothing mutates a parameter in place (faults replace theirs).
+        dtype, names = self.torch_dtype, part_names(self.weights.config, part)
+        model.load_state_dict({k: self.weights.state_dict[k].to(dtype) for k in names}, assign=True,
+                              strict=part is None)
         for layer in model.layers:
             layer.self_attn.attend = ATTENTION[self.attention]
         if quantized and self.quant in w8a8.SCHEMES:
@@ -66,6 +75,20 @@ class Variant:
         elif quantized and self.quant:
             quantize(model, self.quant, fp8_decode)
         return model.to(compute or dtype).eval()
+
+
+def part_names(config: LlamaConfig, part: str | None) -> list[str]:
+    """The parameters of a model part: the embedding, a decoder layer ("layer_<i>"), or the head (the final norm
+    and the output projection, which is the embedding when tied); every parameter for None."""
+    names = list(expected_shapes(config))
+    if part is None:
+        return names
+    if part == "embed":
+        return ["embed_tokens.weight"]
+    if part == "head":
+        return ["norm.weight", "embed_tokens.weight" if config.tie_embeddings else "lm_head.weight"]
+    prefix = f"layers.{int(part.removeprefix('layer_'))}."
+    return [n for n in names if n.startswith(prefix)]
 
 
 def as_result(t: torch.Tensor) -> torch.Tensor:
@@ -153,27 +176,91 @@ class EagerParts:
     """An eager model's embedding, decoder layers (with their sub-blocks' outputs) and head, each run on
     its own in the model's precision."""
 
-    def __init__(self, eager: EagerModel):
+    def __init__(self, eager: EagerModel, dtype: torch.dtype | None = None):
         self.model, self.eager = eager.model, eager
-        self.dtype = self.model.embed_tokens.weight.dtype
+        self.dtype = dtype or self.model.embed_tokens.weight.dtype
         self.n_layers = len(self.model.layers)
+
+    def _model(self, part: str) -> Llama:
+        """A model that holds `part` ("embed", "layer_<i>" or "head")."""
+        return self.model
 
     @torch.no_grad()
     def embed(self, tokens):
         with self.eager.precision():
-            return as_result(self.model.embed(tokens))
+            return as_result(self._model("embed").embed(tokens))
 
     @torch.no_grad()
     def layer(self, i: int, h) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        taps = {}
+        taps, model = {}, self._model(f"layer_{i}")
         with self.eager.precision():
-            out = self.model.layers[i](h.to(self.dtype), *self.model.rope(h.shape[1]), taps)
+            out = model.layers[i](h.to(self.dtype), *model.rope(h.shape[1]), taps)
         return as_result(out), {k: as_result(v) for k, v in taps.items()}
 
     @torch.no_grad()
     def head(self, h):
         with self.eager.precision():
-            return as_result(self.model.head(h.to(self.dtype)))
+            return as_result(self._model("head").head(h.to(self.dtype)))
+
+
+class StreamingParts(EagerParts):
+    """EagerParts that never hold the model: each part is built from the (memory-mapped) weights when asked for
+    and dropped when another is, so a layer check or a bisection holds one part plus activations (the largest
+    part: a decoder layer, or the embedding for small models) instead of the model. The same parameters and
+    ops as the built model's parts, so the same values to the bit."""
+
+    def __init__(self, variant: Variant, compute: torch.dtype | None, name: str, emulated: torch.dtype | None):
+        with torch.device("meta"):
+            skeleton = Llama(variant.weights.config)
+        super().__init__(EagerModel(skeleton, name, emulated), compute or variant.torch_dtype)
+        self.variant, self.compute = variant, compute
+        self._built: tuple[str, Llama] | None = None
+
+    def _model(self, part: str) -> Llama:
+        if self._built is None or self._built[0] != part:
+            self._built = None  # the previous part is freed before the next is read
+            self._built = part, self.variant.build(self.compute, part=part)
+        return self._built[1]
+
+
+class StreamingModel(EagerModel):
+    """An eager model run one part at a time (StreamingParts), each part read from the weights on every call
+    (`--eager-memory streaming`: a layer's memory instead of the model's, for a reference that does not fit this
+    machine; every call reads every layer). The same values as the built model's, to the bit. Its `model` is the
+    skeleton on the meta device: what needs the whole model's parameters (serving) is refused."""
+
+    def __init__(self, parts: StreamingParts):
+        super().__init__(parts.model, parts.eager.name, parts.eager.emulated)
+        self._parts = parts
+
+    @torch.no_grad()
+    def logits(self, tokens: torch.Tensor, first: int = 0) -> torch.Tensor:
+        h = self._parts.embed(tokens)
+        for i in range(self._parts.n_layers):
+            h = self._parts.layer(i, h)[0]
+        return self._parts.head(h[:, first:])
+
+    def parts(self) -> StreamingParts:
+        return self._parts
+
+    def serving(self, shape: ServingShape):
+        raise HarnessError("--eager-memory streaming: the serving checks need the resident eager model (its paged "
+                           "cache spans every layer); run them with --eager-memory resident on a larger machine")
+
+
+def resident_bytes(config: LlamaConfig) -> int:
+    """The resident reference of a layer check or end-to-end check: eager in fp32 and the oracle in fp64."""
+    return 12 * sum(torch.Size(s).numel() for s in expected_shapes(config).values())
+
+
+def available_bytes() -> int:
+    """The memory this machine has available now (Linux: MemAvailable; elsewhere assume enough)."""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 1 << 62
 
 
 class Reference:
@@ -183,34 +270,61 @@ class Reference:
     def __init__(self, name: str, weights: LoadedWeights, dtype: str, attention: str = "sdpa",
                  mode: str = "emulated", tokenizer: Callable[[], Tokenizer] | None = None,
                  calibration_batches: Callable[[], list[torch.Tensor]] | None = None,
-                 transformers: Callable[[], torch.nn.Module] | None = None):
+                 transformers: Callable[[], torch.nn.Module] | None = None, memory: str = "auto"):
         """`tokenizer`: loads it (None for a random toy); `calibration_batches`: token ids that calibrate a
         W8A8 variant's activation scales; `transformers`: loads Hugging Face's implementation of the same
-        weights, the independent check of the fp32 reference (None where there is none)."""
+        weights, the independent check of the fp32 reference (None where there is none); `memory` (EAGER_MEMORY):
+        whether the eager models are built whole ("resident") or run one part at a time ("streaming"), "auto":
+        streaming when the resident reference would take more than RESIDENT_SHARE of the available memory."""
         self.name, self.weights, self.dtype, self.attention, self.mode = name, weights, dtype, attention, mode
         self.tokenizer, self.calibration_batches, self.transformers = tokenizer, calibration_batches, transformers
+        self.memory = memory
+
+    @cached_property
+    def streaming(self) -> bool:
+        return self.memory == "streaming" or (
+            self.memory == "auto" and resident_bytes(self.weights.config) > RESIDENT_SHARE * available_bytes())
 
     @cached_property
     def variant(self) -> Variant:
         plain = Variant(self.weights, self.dtype, self.attention)
         if plain.quant not in w8a8.SCHEMES:
             return plain
+        if self.streaming:
+            raise HarnessError(f"--dtype {self.dtype} with --eager-memory streaming: W8A8 calibration runs the whole "
+                               "fp32 model; use --eager-memory resident")
         return dataclasses.replace(plain, calibration=w8a8.calibrate(self.fp32.model, self.calibration_batches()))
+
+    def _eager(self) -> tuple[torch.dtype | None, str, torch.dtype | None]:
+        """How eager runs the variant: its compute dtype (None: the dtype's own), name and emulated dtype."""
+        v = self.variant
+        if v.torch_dtype == torch.float32:
+            return None, "eager", None
+        if self.mode == "native":
+            return None, "eager-native", None
+        return torch.float32, "eager-emulated", v.torch_dtype
+
+    def _model(self, variant: Variant, compute: torch.dtype | None, name: str,
+               emulated: torch.dtype | None = None) -> EagerModel:
+        if self.streaming:
+            return StreamingModel(StreamingParts(variant, compute, name, emulated))
+        return EagerModel(variant.build(compute), name, emulated=emulated)
 
     @cached_property
     def eager(self) -> EagerModel:
-        v = self.variant
-        if v.torch_dtype == torch.float32:
-            return EagerModel(v.build(), "eager")
-        if self.mode == "native":
-            return EagerModel(v.build(), "eager-native")
-        return EagerModel(v.build(torch.float32), "eager-emulated", emulated=v.torch_dtype)
+        return self._model(self.variant, *self._eager())
 
     @cached_property
     def oracle(self) -> EagerModel:
-        return EagerModel(self.variant.build(torch.float64), "oracle-fp64")
+        return self._model(self.variant, torch.float64, "oracle-fp64")
+
+    def parts(self, which: str) -> StreamingParts:
+        """The parts of `which` ("eager" or "oracle") built one at a time from the weights (StreamingParts: what
+        the layer check and bisection use, so they never hold the whole model)."""
+        compute, name, emulated = self._eager() if which == "eager" else (torch.float64, "oracle-fp64", None)
+        return StreamingParts(self.variant, compute, name, emulated)
 
     @cached_property
     def fp32(self) -> EagerModel:
         """Eager fp32 without quantization: what a lower precision or a quantization is measured against."""
-        return EagerModel(Variant(self.weights, "fp32", self.attention).build(), "eager-fp32")
+        return self._model(Variant(self.weights, "fp32", self.attention), None, "eager-fp32")

@@ -15,7 +15,7 @@ from harness.artifacts.sharktank import Artifact
 from harness.candidates import Candidate, Forward
 from harness.candidates.artifact import ArtifactCandidate
 from harness.candidates.exported import ExportedCandidate
-from harness.checks import Inputs
+from harness.checks import SERVING_CHECKS, Inputs
 from harness.checks.serving import QUICK, Plan
 from harness.common.dtypes import quantization
 from harness.common.errors import HarnessError
@@ -73,7 +73,7 @@ class Case:
         return Reference(self.config.name, self.weights, self.config.dtype, self.config.target.attention_impl,
                          self.config.eager_mode, spec.load_tokenizer,
                          lambda: w8a8.calibration_batches(spec.load_tokenizer() if spec.real_text else None, vocab),
-                         spec.load_transformers)
+                         spec.load_transformers, self.config.eager_memory)
 
     @cached_property
     def candidate(self) -> Candidate:
@@ -119,6 +119,9 @@ class Case:
         """Why this configuration cannot take `check`, or None: the candidate's reason, or for an export, that
         its batch sizes or stride leave the check nothing to compare (the check is then a recorded skip)."""
         reason = self.candidate.unsupported(check)
+        if not reason and check in SERVING_CHECKS and self.reference.streaming:
+            reason = (f"the serving checks need the resident eager model, and {self.config.name}'s reference is "
+                      f"streamed (--eager-memory {self.config.eager_memory})")
         if reason or not self.artifact:
             return reason
         plan = self.serving_plan(QUICK)

@@ -12,6 +12,7 @@ import torch
 from harness.common.dtypes import torch_dtype
 from harness.common.errors import HarnessError
 from harness.iree.targets import Target
+from harness.reference.eager import EAGER_MEMORY
 from harness.reference.registry import slug
 
 
@@ -24,9 +25,12 @@ class RunConfig:
     target: Target = Target()
     eager_mode: str = "emulated"
     artifact: str = ""  # a sharktank export's directory; `model` then only lends its tokenizer ("" for none)
+    eager_memory: str = "auto"  # reference/eager.py EAGER_MEMORY: how eager holds the model (not its values)
 
     def __post_init__(self):
         torch_dtype(self.dtype)  # an unknown --dtype is bad input, refused before any work
+        if self.eager_memory not in EAGER_MEMORY:
+            raise HarnessError(f"--eager-memory {self.eager_memory!r}: choose from {', '.join(EAGER_MEMORY)}")
         if self.seq_len < 1:
             raise HarnessError(f"--seq-len {self.seq_len}: must be a positive number of tokens")
 
@@ -49,4 +53,5 @@ class RunConfig:
                            "--iree-hal-target-device", t.hal_target_device, "--iree-device", t.device(self.tp),
                            "--threads", str(torch.get_num_threads()),
                            *(["--attention", t.attention] if t.attention else []),
+                           *(["--eager-memory", self.eager_memory] if self.eager_memory != "auto" else []),
                            *(["--iree-compile", t.compiler] if t.compiler else [])])

@@ -75,7 +75,8 @@ def run_configs(get: Callable[[str], object], check: str | None = None) -> list[
             tps.append(int(tp))
         matrix = [(model, _csv(get("dtype"), DEFAULT_DTYPES), tps, None)
                   for model in _csv(get("model"), DEFAULT_MODELS)]
-    return [RunConfig(model, dtype, tp, get("seq_len"), t, get("eager_reference"))
+    return [RunConfig(model, dtype, tp, get("seq_len"), t, get("eager_reference"),
+                      eager_memory=get("eager_memory"))
             for model, dtypes, tps, _ in matrix for dtype in dtypes for tp in tps]
 
 
@@ -98,7 +99,8 @@ def artifact_configs(get: Callable[[str], object], t: Target) -> list[RunConfig]
             dtypes = _csv(get("dtype"), (Artifact(path).dtype,))
         except HarnessError:
             dtypes = _csv(get("dtype"), ("fp32",))
-        configs += [RunConfig(models[0], dtype, 1, get("seq_len"), t, get("eager_reference"), artifact=path)
+        configs += [RunConfig(models[0], dtype, 1, get("seq_len"), t, get("eager_reference"), artifact=path,
+                              eager_memory=get("eager_memory"))
                     for dtype in dtypes]
     ids = [c.id for c in configs]
     if len(set(ids)) < len(ids):

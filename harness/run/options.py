@@ -12,6 +12,7 @@ import torch
 
 from harness.checks.perplexity import QUICK_WINDOWS
 from harness.common.errors import HarnessError
+from harness.reference.eager import EAGER_MEMORY
 from harness.reference.llama.attention import IMPLS
 from harness.reference.registry import DEFAULT_MODELS
 from harness.run.matrix import DEFAULT_DTYPES
@@ -32,6 +33,12 @@ MATRIX_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
                                   help="fp16/bf16 eager reference: fp32 emulation rounding at op boundaries "
                                   "(default) or real torch low precision (~100x slower on CPUs without "
                                   "fp16/bf16 units)")),
+    (("--eager-memory",), dict(choices=EAGER_MEMORY, default="auto",
+                               help="how eager holds the model: built whole (resident) or one layer at a time from "
+                               "the memory-mapped weights (streaming: a layer's memory, every forward reads every "
+                               "layer; no serving checks); auto (default): streaming when the resident reference "
+                               "(12 bytes a parameter) would take over half the available memory. The layer check "
+                               "and bisection always stream")),
 ]
 TARGET_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     (("--iree-device",), dict(default="", help="runtime device URI, or one per TP rank comma-separated "

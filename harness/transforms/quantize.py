@@ -206,11 +206,13 @@ def projection_names(model: Llama) -> list[str]:
 
 
 def replace_projections(model: Llama, make: Callable[[str, nn.Linear], nn.Module]) -> Llama:
-    """`model` with each decoder-layer projection replaced by make(its path, the projection)."""
+    """`model` with each decoder-layer projection replaced by make(its path, the projection); a projection left on
+    the meta device (a model built one part at a time: Variant.build) is not there to replace."""
     for path in projection_names(model):
         parent, name = path.rsplit(".", 1)
         block = model.get_submodule(parent)
-        setattr(block, name, make(path, getattr(block, name)))
+        if not getattr(block, name).weight.is_meta:
+            setattr(block, name, make(path, getattr(block, name)))
     return model
 
 

@@ -1,11 +1,16 @@
 """Model weights in one form, whatever file they come from: an fp32 state dict in the reference model's
-naming (Hugging Face LlamaForCausalLM names without "model."), which `Llama(config)` loads strictly."""
+naming (Hugging Face LlamaForCausalLM names without "model."), which `Llama(config)` loads strictly.
+
+A state dict read from a file is lazy (`LazyTensors`): each tensor is read (from the memory-mapped file) and
+dequantized when asked for, and not kept, so that a model can be built one part at a time (eager.py's
+`Reference.parts`: a layer check holds one layer, not the model)."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 from pathlib import Path
+from typing import Callable, Iterator, Mapping
 
 import torch
 
@@ -13,10 +18,26 @@ from harness.reference.llama.config import LlamaConfig
 from harness.reference.llama.model import Llama
 
 
+class LazyTensors(Mapping[str, torch.Tensor]):
+    """A state dict whose tensors are made by their loaders on every access (fp32, fresh: never kept)."""
+
+    def __init__(self, loaders: dict[str, Callable[[], torch.Tensor]]):
+        self._loaders = loaders
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._loaders[name]()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._loaders)
+
+    def __len__(self) -> int:
+        return len(self._loaders)
+
+
 @dataclasses.dataclass
 class LoadedWeights:
     config: LlamaConfig
-    state_dict: dict[str, torch.Tensor]  # fp32
+    state_dict: Mapping[str, torch.Tensor]  # fp32; LazyTensors when read from a file
     tensor_types: dict[str, str]  # name -> type as stored: GGUF type ("Q4_1", "F32") or safetensors dtype
     source: str  # the file or directory read
     sha256: str  # of the file(s) read, so a result can pin the exact weights

@@ -1,14 +1,15 @@
 """Llama weights from a GGUF file (llama.cpp's format), read with the `gguf` package.
 
-`raw_tensors` gives each tensor as stored (quantized blocks still packed), renamed to the reference
-model's names and with llama.cpp's attn_q/attn_k row order undone; `load_gguf` dequantizes those to
-fp32. Undoing the row order on packed data is exact because GGUF blocks never span rows.
+`raw_tensors` gives each tensor as stored (quantized blocks still packed, a view of the memory-mapped file),
+renamed to the reference model's names and with llama.cpp's attn_q/attn_k row order undone; `load_gguf`
+dequantizes each to fp32 when it is asked for. Undoing the row order on packed data is exact because GGUF blocks never span rows.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -19,7 +20,7 @@ import torch
 from harness.common.errors import HarnessError
 from harness.reference.llama.config import LlamaConfig, RopeScaling
 from harness.reference.llama.model import rope_inv_freq
-from harness.reference.weights import LoadedWeights, expected_shapes, sha256_files
+from harness.reference.weights import LazyTensors, LoadedWeights, expected_shapes, sha256_files
 
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_1", "Q4_K")
 
@@ -75,7 +76,8 @@ def raw_tensors(path: str | Path) -> dict[str, RawTensor]:
 def load_gguf(path: str | Path) -> LoadedWeights:
     path = Path(path)
     config, raw = _read(path)
-    return LoadedWeights(config=config, state_dict={name: _dequantized(t) for name, t in raw.items()},
+    return LoadedWeights(config=config,
+                         state_dict=LazyTensors({name: partial(_dequantized, t) for name, t in raw.items()}),
                          tensor_types={name: t.type for name, t in raw.items()},
                          source=str(path), sha256=sha256_files([path]))
 

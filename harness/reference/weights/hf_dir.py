@@ -1,18 +1,20 @@
 """Llama weights from a Hugging Face model directory: config.json plus model.safetensors, or shards
-listed in model.safetensors.index.json."""
+listed in model.safetensors.index.json, each tensor read (memory-mapped) when it is asked for."""
 
 from __future__ import annotations
 
 import json
 import os
+from functools import partial
 from pathlib import Path
 
 import huggingface_hub
+import torch
 from safetensors import safe_open
 
 from harness.common.errors import HarnessError
 from harness.reference.llama.config import LlamaConfig, RopeScaling
-from harness.reference.weights import LoadedWeights, expected_shapes, sha256_files
+from harness.reference.weights import LazyTensors, LoadedWeights, expected_shapes, sha256_files
 
 # Seconds to wait for the Hub's first answer, so that a machine without network fails promptly.
 _HUB_TIMEOUT_S = 10
@@ -44,7 +46,7 @@ def load_hf_dir(path: str | Path) -> LoadedWeights:
     files = _weight_files(path)
     expected = expected_shapes(config)
 
-    state_dict, tensor_types = {}, {}
+    loaders, tensor_types = {}, {}
     for file in files:
         with safe_open(file, framework="pt") as st:
             for key in st.keys():
@@ -54,18 +56,23 @@ def load_hf_dir(path: str | Path) -> LoadedWeights:
                     continue  # the embedding / derived from the config: not parameters of their own
                 if name not in expected:
                     raise HarnessError(f"{file}: unexpected tensor {key} for a Llama model")
-                tensor = st.get_tensor(key)
-                if tuple(tensor.shape) != expected[name]:
-                    raise HarnessError(f"{file}: tensor {key} has shape {tuple(tensor.shape)}, config.json "
+                stored = st.get_slice(key)
+                if tuple(stored.get_shape()) != expected[name]:
+                    raise HarnessError(f"{file}: tensor {key} has shape {tuple(stored.get_shape())}, config.json "
                                        f"implies {expected[name]}")
-                state_dict[name] = tensor.float()
-                tensor_types[name] = st.get_slice(key).get_dtype()
-    missing = sorted(set(expected) - set(state_dict))
+                loaders[name] = partial(_tensor, file, key)
+                tensor_types[name] = stored.get_dtype()
+    missing = sorted(set(expected) - set(loaders))
     if missing:
         raise HarnessError(f"{path}: missing tensor(s) {', '.join(missing[:5])}"
                            f"{f' and {len(missing) - 5} more' if len(missing) > 5 else ''}")
-    return LoadedWeights(config=config, state_dict=state_dict, tensor_types=tensor_types, source=str(path),
+    return LoadedWeights(config=config, state_dict=LazyTensors(loaders), tensor_types=tensor_types, source=str(path),
                          sha256=sha256_files([path / "config.json", *files]))
+
+
+def _tensor(file: Path, key: str) -> torch.Tensor:
+    with safe_open(file, framework="pt") as st:  # memory-mapped: only this tensor's pages are read
+        return st.get_tensor(key).float()
 
 
 def _weight_files(path: Path) -> list[Path]:
