@@ -6,6 +6,7 @@ scored them.
 
 A journal belongs to one scoring: its key (the configuration, the weights, the protocol, the engines, the code
 and the versions) is written beside the windows, and a journal with another key is refused, not mixed in.
+`WindowStore` is that directory of per-window arrays under a key; the eager cache (eager_cache.py) is one too.
 """
 
 from __future__ import annotations
@@ -76,7 +77,9 @@ class Journal(WindowStore):
     def load(self, index: int) -> list[WindowResult] | None:
         """Window `index`'s results per comparison, or None if it was not finished."""
         data = self.arrays(index)
-        return data and [WindowResult.from_arrays(data, f"c{c}_") for c in range(int(data["comparisons"]))]
+        if data is None:
+            return None
+        return [WindowResult.from_arrays(data, f"c{c}_") for c in range(int(data["comparisons"]))]
 
     def save(self, index: int, results: list[WindowResult]) -> None:
         arrays = {"comparisons": np.array(len(results))}
