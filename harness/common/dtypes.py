@@ -16,7 +16,8 @@ DTYPES: dict[str, torch.dtype] = {
 # Quantized variants: weight-only (transforms/quantize.py: quantized weights dequantized in the graph,
 # activations in fp32) and W8A8 (transforms/w8a8.py: 8-bit weights and activations). Both compute in, and
 # are judged as, fp32.
-WEIGHT_ONLY = ("q8_0", "q5_0", "q4_1", "q4_k", "int8", "fp8e4m3fn", "fp8e4m3fnuz")
+WEIGHT_ONLY = ("q8_0", "q5_0", "q4_1", "q4_k", "int8", "fp8e4m3fn", "fp8e4m3fnuz",
+               "mxfp8_e4m3", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4_e2m1", "mxint8")
 W8A8 = ("w8a8_int8", "w8a8_fp8e4m3fn", "w8a8_fp8e4m3fnuz")
 QUANTIZED = (*WEIGHT_ONLY, *W8A8)
 

@@ -26,6 +26,8 @@ Schemes, by --dtype name:
   a lookup in the 256-entry table of every code's value (`"table"`): iree-compile 3.9's llvm-cpu backend
   cannot lower extf from f8 types ("failed to legalize operation 'arith.extf'"). Both give the same values
   (tests/test_quant.py).
+- mxfp8_e4m3, mxfp6_e3m2, mxfp6_e2m3, mxfp4_e2m1, mxint8: OCP microscaling blocks of 32 under an E8M0 scale
+  (transforms/mx.py).
 """
 
 from __future__ import annotations
@@ -41,12 +43,13 @@ from torch import nn
 from harness.common.dtypes import WEIGHT_ONLY
 from harness.common.errors import HarnessError
 from harness.reference.llama.model import Llama
+from harness.transforms import mx
 
 BLOCK = 32
 SUPER_BLOCK = 256  # Q4_K
 FP8 = {"fp8e4m3fn": torch.float8_e4m3fn, "fp8e4m3fnuz": torch.float8_e4m3fnuz}
 GGUF_SCHEMES = ("q8_0", "q5_0", "q4_1", "q4_k")
-SCHEMES = WEIGHT_ONLY  # GGUF_SCHEMES, int8, FP8
+SCHEMES = WEIGHT_ONLY  # GGUF_SCHEMES, int8, FP8, mx.FORMATS
 # The format llama.cpp stores a tensor in when its rows do not fit the requested one's blocks.
 FALLBACK = {"q4_k": "q5_0"}
 PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -90,7 +93,7 @@ def effective_scheme(scheme: str, cols: int) -> str:
 
 def block_size(scheme: str) -> int:
     """How many input columns share a scale: the granularity at which a weight can be split."""
-    return SUPER_BLOCK if scheme == "q4_k" else BLOCK if scheme in GGUF_SCHEMES else 1
+    return SUPER_BLOCK if scheme == "q4_k" else BLOCK if scheme in (*GGUF_SCHEMES, *mx.FORMATS) else 1
 
 
 def fp8_table(dtype: torch.dtype) -> torch.Tensor:
@@ -129,6 +132,9 @@ class QuantLinear(nn.Module):
             scale = weight.abs().amax(dim=1, keepdim=True) / 127
             self.scale = nn.Buffer(scale)
             self.codes = nn.Buffer(torch.round(weight / scale).to(torch.int8))
+        elif scheme in mx.FORMATS:
+            self.scales, self.codes = map(nn.Buffer, mx.encode(weight, scheme))
+            self.table, self.scale_table = nn.Buffer(mx.element_table(scheme)), nn.Buffer(mx.scale_table())
         elif scheme in FP8:
             scale = weight.abs().amax(dim=1, keepdim=True) / torch.finfo(FP8[scheme]).max
             self.scale = nn.Buffer(scale)
@@ -153,6 +159,8 @@ class QuantLinear(nn.Module):
             return self._q4_k_weight()
         if self.scheme == "int8":
             return self.codes.float() * self.scale.float()
+        if self.scheme in mx.FORMATS:
+            return mx.decode(self.scales, self.codes, self.table.float(), self.scale_table.float(), self.shape)
         return fp8_values(self.codes, FP8[self.scheme], self._buffers.get("table")) * self.scale.float()
 
     @property
@@ -171,7 +179,7 @@ class QuantLinear(nn.Module):
         nn.Module.__init__(part)
         part.scheme, part.shape, part.fp8_decode = self.scheme, (n_rows, stop - start), self.fp8_decode
         for key, buf in self._buffers.items():
-            if key == "table":
+            if key.endswith("table"):
                 piece = buf
             elif key == "scale":
                 piece = buf[rows]
