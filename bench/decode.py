@@ -12,6 +12,7 @@ Eager here is the harness's reference (fp16 / bf16 emulated in fp32), not a tune
 from __future__ import annotations
 
 import argparse
+import math
 import time
 import warnings
 
@@ -39,6 +40,7 @@ def main() -> None:
     warnings.simplefilter("ignore", FutureWarning)
     from harness.checks.serving import QUICK, allocate, pad
     from harness.reference.llama.paged import cache_dtype
+    from harness.reference.weights import expected_shapes
     from harness.run import options
     from harness.run.case import Case
     from harness.run.config import RunConfig
@@ -52,7 +54,7 @@ def main() -> None:
         config = case.weights.config
         layout = shape.layout(config)
         itemsize = case.reference.variant.torch_dtype.itemsize
-        weight_bytes = sum(t.numel() for t in case.weights.state_dict.values()) * itemsize
+        weight_bytes = sum(math.prod(s) for s in expected_shapes(config).values()) * itemsize
         engines = {"eager": case.reference.eager.serving(shape), "iree": case.candidate.serving(shape)}
         for batch in (int(b) for b in args.batch.split(",")):
             total = args.prefill + args.steps

@@ -42,7 +42,8 @@ def run(args: argparse.Namespace, name: str, windows: str, cache: bool, env: dic
     kept = rec["eager_cache"]["windows_kept"] if rec.get("eager_cache") else "-"
     return [name, rec["stats"]["n_windows"], kept, f"{process_s / 60:.2f}", f"{rec['wall_s'] / 60:.2f}",
             *(f"{seconds.get(e, 0) / 60:.2f}" for e in ("eager", "iree")), f"{usage.ru_maxrss / 2**20:.2f}",
-            f"{rec['stats']['engines'][-1]['ppl']['value']:.4f}"]
+            f"{rec['stats']['engines'][-1]['ppl']['value']:.4f}",
+            f"{rec['stats']['pair']['kld']['value']:.3g}" + (" (top 64 + rest)" if cache else "")]
 
 
 def main() -> None:
@@ -65,8 +66,8 @@ def main() -> None:
             *((f"warm cache {n}", n, True) for n in args.fewer.split(","))]
         rows = [run(args, name.replace(" ", "-"), windows, use, env, scratch) for name, windows, use in plan]
     print_table(rows, f"{args.model} {args.dtype}, llama.cpp protocol (512-token windows), minutes and GiB",
-                ["run", "windows", "eager windows kept", "process (min)", "scoring (min)", "eager prefill (min)", "iree prefill (min)",
-                 "peak RSS (GiB)", "PPL (iree)"])
+                ["run", "windows", "eager windows kept", "process (min)", "scoring (min)", "eager prefill (min)",
+                 "iree prefill (min)", "peak RSS (GiB)", "PPL (iree)", "KLD iree vs eager"])
 
 
 if __name__ == "__main__":

@@ -29,7 +29,11 @@ model, dtype, check, reference = sys.argv[1:]
 if reference == "resident":  # the harness before the streaming reference: weights kept, whole models' parts
     from harness.reference import eager, registry
     from harness.reference.weights import gguf
-    registry.load_gguf = lambda path: (lambda w: setattr(w, "state_dict", dict(w.state_dict)) or w)(gguf.load_gguf(path))
+    def load_whole(path):
+        weights = gguf.load_gguf(path)
+        weights.state_dict = dict(weights.state_dict)
+        return weights
+    registry.load_gguf = load_whole
     eager.Reference.parts = lambda self, which: (self.eager if which == "eager" else self.oracle).parts()
 if check != "imports":
     from harness.checks import bisect, layers

@@ -12,7 +12,7 @@ import torch
 
 from harness.checks import perplexity
 from harness.common.errors import HarnessError
-from harness.data.dataset import load_text
+from harness.data.dataset import BUNDLED_PATH, load_text
 from harness.perplexity import gate
 from harness.perplexity.eager_cache import KLD_OVER, EagerCache, measure_against, summarize
 from harness.perplexity.journal import WindowStore
@@ -23,6 +23,10 @@ from harness.reference.eager import EagerModel, Reference
 from harness.reference.llama.config import TOY_GQA
 from harness.reference.llama.model import Llama
 from harness.reference.registry import resolve
+from harness.reporting import merge, records
+from harness.reporting.records import versions
+from harness.run.case import Case
+from harness.run.config import RunConfig
 from test_ppl_runner import ByteTokenizer, Counting
 
 
@@ -90,7 +94,7 @@ def test_a_warm_run_computes_only_the_candidate_and_scores_what_a_cold_run_does(
     assert json.dumps(cold.stats.to_record()) == json.dumps(warm.stats.to_record())
     assert json.dumps(cold_cost.stats.to_record()) == json.dumps(warm_cost.stats.to_record())
     assert [t.prefill_tokens for t in warm.timings] == [0, 8 * 64]
-    assert "[eager] not run: every window from the eager cache" in warm.summary()
+    assert "[eager] not run: its results of every window were kept (journal or eager cache)" in warm.summary()
     # Against uncached scoring: everything but the KLD exact, the KLD a lower bound; eager-only comparisons
     # (what the dtype costs) are kept whole, their KLD over the whole vocabulary.
     plain, plain_cost = scored(tmp_path, windows, eager, candidate, fp32, cache=False)[0]
@@ -140,6 +144,38 @@ def test_the_cache_is_named_by_everything_eager_depends_on(monkeypatch, tmp_path
               directory(Reference("smollm2-135m", weights, "bf16", mode="native")),
               directory(Reference("smollm2-135m", weights, "fp32", attention="math")),
               directory(fp32, perplexity.windows(fp32, 1, n_ctx=256).protocol)]
-    monkeypatch.setattr(torch, "__version__", "0.0-other")
+    for package in ("torch", "gguf", "numpy"):  # gguf and numpy dequantize the GGUF weights eager is built from
+        monkeypatch.setattr(perplexity, "versions", lambda: {**versions(), package: "0.0-other"})
+        others.append(directory(fp32))
+    monkeypatch.setattr(perplexity, "versions", versions)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 64)  # another order of eager's reductions
     others.append(directory(fp32))
-    assert len({first, *others}) == 6
+    assert len({first, *others}) == 9
+
+
+@pytest.mark.slow
+def test_evaluate_with_the_cache_records_it_and_its_shards_merge_into_one_run(monkeypatch, tmp_path):
+    """Through the check itself (SmolLM2 fp32, 6 windows of 128): a warm run keeps every window's eager side and
+    scores what the cold one did; two warm shards merged are exactly the warm run, their KLD still a bound."""
+    monkeypatch.setattr(perplexity, "cache_dir", lambda kind: tmp_path / kind)
+    text = tmp_path / "short.txt"
+    text.write_text(BUNDLED_PATH.read_text(encoding="utf-8")[:10000])
+    case = Case(RunConfig("smollm2-135m", "fp32"))
+    windows = perplexity.windows(case.reference, 6, 128, dataset=str(text))
+
+    def scored(name: str, shard=None) -> dict:
+        rec = case.run(perplexity.evaluate, inputs=windows, golden_dir=tmp_path / "golden", shard=shard,
+                       journal=perplexity.journal_dir(tmp_path / name, case.config.id), eager_cache=True)
+        records.append(tmp_path / name / "records.jsonl", rec)
+        return rec
+
+    cold, warm = scored("cold"), scored("warm")
+    assert (cold["eager_cache"]["windows_computed"], warm["eager_cache"]["windows_kept"]) == (6, 6)
+    assert json.dumps(cold["stats"], sort_keys=True) == json.dumps(warm["stats"], sort_keys=True)
+    assert warm["stats"]["kld_over"] == KLD_OVER and warm["passed"]
+    shards = [scored(f"shard{i}", (i, 2)) for i in range(2)]
+    assert [s["eager_cache"]["windows_kept"] for s in shards] == [3, 3]
+    merge.merge(tmp_path / "merged", [tmp_path / "shard0", tmp_path / "shard1"], tmp_path / "golden")
+    (joined,) = [r for r in records.read(tmp_path / "merged" / "records.jsonl") if r["kind"] == "perplexity"]
+    assert json.dumps(joined["stats"], sort_keys=True) == json.dumps(warm["stats"], sort_keys=True)
+    assert [c["windows_kept"] for c in joined["eager_cache"]] == [3, 3]

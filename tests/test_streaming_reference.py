@@ -84,14 +84,15 @@ def test_a_streamed_model_computes_the_built_models_logits(dtype):
         streamed.eager.serving(None)
 
 
-def test_auto_streams_a_reference_that_would_not_fit(monkeypatch):
+def test_auto_streams_a_reference_that_would_not_fit_the_machine(monkeypatch):
     weights = resolve("toy-gqa").load_weights()
     need = resident_bytes(weights.config)
-    monkeypatch.setattr(eager, "available_bytes", lambda: 3 * need)
+    monkeypatch.setattr(eager, "machine_bytes", lambda: 3 * need)
     assert not Reference("toy-gqa", weights, "fp32").streaming
-    monkeypatch.setattr(eager, "available_bytes", lambda: need)
+    monkeypatch.setattr(eager, "machine_bytes", lambda: need)
     assert Reference("toy-gqa", weights, "fp32").streaming
-    with pytest.raises(HarnessError, match="W8A8 calibration runs the whole fp32 model; use --eager-memory resident"):
+    with pytest.raises(HarnessError, match=r"--dtype w8a8_int8: W8A8 calibration runs the whole fp32 model, and the "
+                                           r"reference is streamed \(--eager-memory auto: 0.0 GiB resident"):
         Reference("toy-gqa", weights, "w8a8_int8").eager
     with pytest.raises(HarnessError, match="--eager-memory 'lots': choose from auto, resident, streaming"):
         RunConfig("toy-gqa", "fp32", eager_memory="lots")
@@ -103,6 +104,7 @@ def test_a_streamed_configuration_checks_end_to_end_and_bisects_a_planted_fault(
     assert case.run(end_to_end.check)["verdict"]["passed"]
     assert "--eager-memory streaming" in config.command()
     assert "serving checks need the resident eager model" in case.unsupported("decode")
+    assert case.record("end_to_end")["eager_memory"] == {"asked": "streaming", "streaming": True}
     fault = weight_fault(1, "down_proj")
     rec = Case(config, fault=fault).run(bisect.bisect, artifacts=tmp_path)
     assert (rec["layer"], rec["sub_block"]) == ("layer_1", "down_proj"), bisect.format_bisect(rec)

@@ -8,8 +8,6 @@ import json
 from importlib.metadata import version
 from pathlib import Path
 
-import torch
-
 from harness.candidates import Candidate, Forward
 from harness.candidates.exported import source_digest
 from harness.common import host
@@ -23,7 +21,7 @@ from harness.perplexity.eager_cache import TOP_K, EagerCache, kld_over
 from harness.perplexity.journal import Journal, WindowStore
 from harness.perplexity.protocol import DEFAULT_N_CTX, Protocol, Windows, check_max_windows, make_windows
 from harness.perplexity.runner import PerplexityResult, Timing, score_all
-from harness.perplexity.stats import Accumulator, Stats
+from harness.perplexity.stats import KLD_FULL, Accumulator, Stats
 from harness.reference import hf
 from harness.reference.eager import Reference
 from harness.reference.registry import slug
@@ -55,7 +53,8 @@ def open_eager_cache(reference: Reference, protocol: Protocol, engines: list[For
     key = {"model": reference.name, "weights": reference.weights.sha256, "dtype": reference.dtype,
            "attention": reference.attention, "mode": reference.mode,
            "windows": {f: getattr(protocol, f) for f in Protocol.STREAM_FIELDS}, "top_k": TOP_K,
-           "code": _code_digest("reference", "transforms", "common"), "torch": torch.__version__,
+           "code": _code_digest("reference", "transforms", "common", "data"),
+           "versions": {k: v for k, v in versions().items() if k in ("python", "torch", "numpy", "gguf")},
            "machine": {k: host.machine()[k] for k in ("llvm_cpu", "cpu_features", "threads")}}
     name = digest(json.dumps(key, sort_keys=True, default=str))
     return EagerCache(WindowStore.open(cache_dir("eager") / name, key), engines)
@@ -117,8 +116,9 @@ def evaluate(candidate: Candidate, reference: Reference, windows: Windows, polic
     # What the dtype or quantization itself costs: its eager reference against eager fp32, same windows.
     if vs_fp32 and policy.dtype != "fp32":
         comparisons.append([reference.fp32, reference.eager])
-    cache = eager_cache and open_eager_cache(reference, windows.protocol, engines["eager"] + (
-        [reference.fp32] if len(comparisons) > 1 else []))
+    eager = engines["eager"] + ([reference.fp32] if len(comparisons) > 1 else [])
+    kept = [e for e in eager if any(c[0] is e for c in comparisons)]  # the references the cache can stand in for
+    cache = open_eager_cache(reference, windows.protocol, kept) if eager_cache and kept else None
     key = {"model": reference.name, "dtype": policy.dtype, "weights": reference.weights.sha256,
            "candidate": candidate.describe(), "protocol": windows.protocol.to_dict(),
            "engines": [[e.name for e in c] for c in comparisons], "code": [source_digest(), _code_digest()],
@@ -182,6 +182,7 @@ def join_shards(shards: list[tuple[Path, dict]], golden_dir: Path) -> dict:
     return {**first, **joined.to_record(), "vs_fp32": cost[0].stats.to_record() if cost else None,
             "summary": joined.summary(), "gates": [g.to_record() for g in gates], "ppl_shard": None, "journal": None,
             "joined_shards": sorted(rec["ppl_shard"] for _, rec in shards),
+            "eager_cache": [rec.get("eager_cache") for _, rec in shards],
             "passed": all(g.verdict in ("pass", "ungated") for g in gates)}
 
 
@@ -200,7 +201,8 @@ def _joined(shards: list[tuple[Path, dict]]) -> list[PerplexityResult]:
                            "things (their key.json differ)")
     protocol = Protocol.from_dict(first["protocol"])
     key = journals[0].key
-    accumulators = [Accumulator(names, over) for names, over in zip(key["engines"], key["kld_over"])]
+    over = key.get("kld_over", [KLD_FULL] * len(key["engines"]))  # journals before the eager cache: full KLD
+    accumulators = [Accumulator(names, kld) for names, kld in zip(key["engines"], over)]
     for index in range(protocol.n_windows):
         results = journals[index % total].load(index)
         if results is None:

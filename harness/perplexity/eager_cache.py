@@ -1,18 +1,19 @@
 """Eager's per-window results kept between runs (`--eager-cache`), so that a nightly computes only the compiled side.
 
-Eager's logits of a window depend only on the model bytes, the dtype and variant, the window (its index in the
-protocol's window sequence), torch's version and thread count, the CPU's kernels and the reference's code: the cache
-directory is named by the digest of all of that (written out in its key.json), so anything else is a new directory,
-never a stale hit.
+Eager's logits of a window depend on the model bytes, the dtype and variant, the window (its index in the
+protocol's window sequence), the versions of python, torch, numpy and gguf (which dequantizes GGUF weights), torch's
+thread count, the CPU's kernels and the harness code that builds and scores the reference (checks/perplexity.py
+open_eager_cache): the cache directory is named by the digest of all of that (written out in its key.json), so a
+change to any of it is a new directory.
 
-What is kept, per window (~200 KB for 256 scored tokens at TOP_K = 64):
+What is kept, per window (~200 KB for 255 scored tokens at TOP_K = 64):
 - for a comparison of eager engines only (eager fp32 against the dtype's eager: what the dtype costs), its results,
   exactly as scored;
 - for eager as the reference of the compiled engine, a `Summary` of its log-probs: each token's NLL and top token,
   and its TOP_K most likely tokens' log-probs with the log of the rest's mass. Measured against a summary, dNLL,
   PPL, dp and same-top are bit for bit what the full rows give; the KLD is that of both distributions coarsened to
-  eager's TOP_K tokens plus "the rest" (the data-processing inequality makes it a lower bound of the full KLD: 75 to
-  85 % of it on SmolLM2, eager fp32 against bf16 or against fp32 + 1e-5 noise). A run that fills the cache measures
+  eager's TOP_K tokens plus "the rest" (the data-processing inequality makes it a lower bound of the full KLD: about
+  80 % of it on SmolLM2, eager fp32 against bf16 or against fp32 + 1e-5 noise: bench/kld_top_k.py). A run that fills the cache measures
   against the summary too, so a cold and a warm run give the same statistics. No gate reads the perplexity KLD: the
   paired and golden gates read NLLs.
 """
@@ -42,7 +43,7 @@ class Summary:
     vocab: int
     nll: np.ndarray  # [n] fp64
     top: np.ndarray  # [n] int64: argmax
-    ids: np.ndarray  # [n, k] int64
+    ids: np.ndarray  # [n, k] int32
     logp: np.ndarray  # [n, k] fp64
     rest: np.ndarray  # [n] fp64
 
@@ -74,7 +75,7 @@ def summarize(targets: torch.Tensor, logits: torch.Tensor, k: int = TOP_K) -> Su
         logp = torch.log_softmax(logits[block], dim=-1, dtype=torch.float64)
         top = logp.topk(k, dim=-1)
         for name, value in (("nll", -logp.gather(-1, targets[block, None])[:, 0]), ("top", logp.argmax(-1)),
-                            ("ids", top.indices), ("logp", top.values), ("rest", _rest(logp, top.indices))):
+                            ("ids", top.indices.int()), ("logp", top.values), ("rest", _rest(logp, top.indices))):
             parts[name].append(value.numpy())
     return Summary(vocab, **{name: np.concatenate(values) for name, values in parts.items()})
 
@@ -89,7 +90,7 @@ def measure_against(targets: torch.Tensor, reference: Summary, logits: torch.Ten
     nll, kld, same_top = np.empty(n), np.empty(n), 0
     for block in _blocks(n, vocab):
         logp = torch.log_softmax(logits[block], dim=-1, dtype=torch.float64)
-        ids = torch.from_numpy(reference.ids[block])
+        ids = torch.from_numpy(reference.ids[block]).long()
         nll[block] = -logp.gather(-1, targets[block, None])[:, 0].numpy()
         same_top += int((torch.from_numpy(reference.top[block]) == logp.argmax(-1)).sum())
         a = torch.cat([torch.from_numpy(reference.logp[block]), torch.from_numpy(reference.rest[block])[:, None]], -1)
@@ -107,9 +108,11 @@ class EagerCache:
     """The kept results of the eager engines `engines` (which the cache's key describes) for one window sequence."""
 
     def __init__(self, store: WindowStore, engines: Sequence[Forward]):
+        if len({e.name for e in engines}) < len(engines):
+            raise ValueError(f"eager engines of one name would share kept results: {[e.name for e in engines]}")
         self.store, self._names = store, {id(e): e.name for e in engines}
         self.hits = 0  # windows whose eager side was all kept
-        self.misses = 0
+        self.misses = 0  # windows whose eager side was computed (and kept)
 
     def covers(self, engine: Forward) -> bool:
         return id(engine) in self._names
@@ -133,14 +136,14 @@ class CachedWindow:
     """One window's kept eager results, read once; what is computed anew is added and written back by `close`."""
 
     def __init__(self, cache: EagerCache, index: int, arrays: dict):
-        self.cache, self.index, self.arrays, self.added = cache, index, arrays, {}
+        self.cache, self.index, self.arrays, self.added, self.read = cache, index, arrays, {}, False
 
     def _prefix(self, kind: str, engines: Sequence[Forward]) -> str:
         return f"{kind}.{self.cache.name(engines)}."
 
     def result(self, comparison: Sequence[Forward], compute) -> WindowResult:
         """The comparison's result (eager engines only), kept or `compute()`d and kept."""
-        prefix = self._prefix("result", comparison)
+        prefix, self.read = self._prefix("result", comparison), True
         if f"{prefix}engines" in self.arrays:
             return WindowResult.from_arrays(self.arrays, prefix)
         result = compute()
@@ -149,7 +152,7 @@ class CachedWindow:
 
     def summary(self, engine: Forward, targets: torch.Tensor, compute_logits) -> Summary:
         """`engine`'s summary of this window, kept or computed from `compute_logits()` and kept."""
-        prefix = self._prefix("summary", [engine])
+        prefix, self.read = self._prefix("summary", [engine]), True
         if f"{prefix}vocab" in self.arrays:
             return Summary.from_arrays(self.arrays, prefix)
         summary = summarize(targets, compute_logits())
@@ -157,8 +160,9 @@ class CachedWindow:
         return summary
 
     def close(self) -> None:
+        """Keep what was computed (also when the candidate failed after eager's side was done)."""
         if self.added:
             self.cache.misses += 1
             self.cache.store.write(self.index, self.arrays | self.added)
-        else:
+        elif self.read:
             self.cache.hits += 1

@@ -15,6 +15,7 @@ import json
 import os
 import zipfile
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
@@ -23,25 +24,30 @@ from harness.perplexity.stats import WindowResult
 
 
 class WindowStore:
-    """A directory of per-window .npz files (written atomically) and key.json, the key of what they hold."""
+    """A directory of per-window .npz files and key.json, the key of what they hold, each written atomically."""
+
+    remedy = "delete it"  # what to do about a directory that holds another key's windows
 
     def __init__(self, directory: Path, key: dict):
         self.directory, self.key = directory, key
 
     @classmethod
-    def open(cls, directory: Path, key: dict):
+    def open(cls, directory: Path, key: dict) -> Self:
         """The store of `key` in `directory`, made or reopened for writing."""
         directory.mkdir(parents=True, exist_ok=True)
         key_file = directory / "key.json"
         text = json.dumps(key, sort_keys=True, indent=1, default=str)
-        if key_file.exists() and key_file.read_text() != text:
+        if not key_file.exists():
+            tmp = directory / f".key.{os.getpid()}.json"
+            tmp.write_text(text)
+            os.replace(tmp, key_file)
+        if key_file.read_text() != text:
             raise HarnessError(f"{directory}: holds the windows of another perplexity scoring (its key.json differs: "
-                               "another model, protocol, engine set or code); use another --run-name")
-        key_file.write_text(text)
+                               f"another model, protocol, engine set or code); {cls.remedy}")
         return cls(directory, key)
 
     @classmethod
-    def read(cls, directory: Path):
+    def read(cls, directory: Path) -> Self:
         """An existing store, to read only (`report merge` reads other runs' journals, never writes them)."""
         key_file = directory / "key.json"
         if not key_file.is_file():
@@ -73,6 +79,8 @@ class WindowStore:
 
 class Journal(WindowStore):
     """One run's scoring: each window's results per comparison."""
+
+    remedy = "use another --run-name"
 
     def load(self, index: int) -> list[WindowResult] | None:
         """Window `index`'s results per comparison, or None if it was not finished."""

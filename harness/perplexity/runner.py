@@ -24,7 +24,7 @@ from harness.perplexity.stats import Accumulator, Stats, WindowResult
 class Timing:
     engine: str
     seconds: float  # inside engine.logits
-    prefill_tokens: int  # 0: every window came from the eager cache
+    prefill_tokens: int  # 0: every window's results were kept (the journal, the eager cache)
 
     @property
     def tokens_per_s(self) -> float:
@@ -49,7 +49,8 @@ class PerplexityResult:
                  f"{p.n_tokens} scored tokens ({p.scored})",
                  self.stats.format(), ""]
         lines += [f"[{t.engine}] {t.seconds:.2f} s in prefill, {t.tokens_per_s:.0f} tokens/s" if t.prefill_tokens
-                  else f"[{t.engine}] not run: every window from the eager cache" for t in self.timings]
+                  else f"[{t.engine}] not run: its results of every window were kept (journal or eager cache)"
+                  for t in self.timings]
         lines.append(f"wall {self.wall_s:.2f} s")
         return "\n".join(lines)
 
@@ -69,7 +70,7 @@ def score_all(comparisons: Sequence[Sequence[Forward]], windows: Windows, progre
     engines it covers are run only for windows it does not hold yet (eager_cache.py)."""
     engines = list({id(e): e for c in comparisons for e in c}.values())
     stats = [Accumulator([e.name for e in c], kld_over(eager_cache, c)) for c in comparisons]
-    clock = _Clock(engines)
+    logits = _Logits(engines)
     start = time.perf_counter()
     mine, count = shard or (0, 1)
     with tqdm(total=len(range(mine, len(windows), count)), unit="window", desc="perplexity",
@@ -79,7 +80,7 @@ def score_all(comparisons: Sequence[Sequence[Forward]], windows: Windows, progre
                 continue
             results = journal.load(index) if journal else None
             if results is None:
-                results = _measure(window, comparisons, stats, clock, eager_cache and eager_cache.window(index))
+                results = _measure(window, comparisons, stats, logits, eager_cache and eager_cache.window(index))
                 if journal:
                     journal.save(index, results)
             for acc, result in zip(stats, results):
@@ -87,19 +88,19 @@ def score_all(comparisons: Sequence[Sequence[Forward]], windows: Windows, progre
             bar.set_postfix(ppl=f"{stats[0].running_ppl():.4f}", refresh=False)
             bar.update()
     wall_s = time.perf_counter() - start
-    return [PerplexityResult(windows.protocol, acc.result(), tuple(clock.timing(e) for e in comparison), wall_s)
+    return [PerplexityResult(windows.protocol, acc.result(), tuple(logits.timing(e) for e in comparison), wall_s)
             for acc, comparison in zip(stats, comparisons)]
 
 
-class _Clock:
-    """Each engine's logits of the current window, computed at most once, and the time spent computing them."""
+class _Logits:
+    """Each engine's logits of the current window, computed at most once, and the time and tokens they took."""
 
     def __init__(self, engines: Sequence[Forward]):
         self.seconds = {id(e): 0.0 for e in engines}
         self.tokens = {id(e): 0 for e in engines}
         self.rows: dict[int, torch.Tensor] = {}
 
-    def logits(self, engine: Forward, window: Window) -> torch.Tensor:
+    def of(self, engine: Forward, window: Window) -> torch.Tensor:
         if id(engine) not in self.rows:
             tokens = window.inputs[None]
             t0 = time.perf_counter()
@@ -112,25 +113,26 @@ class _Clock:
         return Timing(engine.name, self.seconds[id(engine)], self.tokens[id(engine)])
 
 
-def _measure(window: Window, comparisons, stats, clock: _Clock, cached: CachedWindow | None) -> list[WindowResult]:
+def _measure(window: Window, comparisons, stats, logits: _Logits, cached: CachedWindow | None) -> list[WindowResult]:
     """One window's results per comparison, from its engines' logits or, for the engines the eager cache covers,
     from what it keeps of them."""
-    clock.rows.clear()
     results = []
-    for acc, comparison in zip(stats, comparisons):
-        def rows():
-            return _same_vocabulary([clock.logits(e, window) for e in comparison], comparison)
-        if cached and cached.cache.keeps_result(comparison):
-            results.append(cached.result(comparison, lambda: acc.measure(window.targets, rows())))
-        elif cached and cached.cache.keeps_summary(comparison):
-            reference, candidate = comparison
-            summary = cached.summary(reference, window.targets, lambda: clock.logits(reference, window))
-            results.append(measure_against(window.targets, summary, clock.logits(candidate, window)))
-        else:
-            results.append(acc.measure(window.targets, rows()))
-    if cached:
-        cached.close()
-    clock.rows.clear()  # a window's rows are dropped as soon as it is measured
+    try:
+        for acc, comparison in zip(stats, comparisons):
+            def rows():
+                return _same_vocabulary([logits.of(e, window) for e in comparison], comparison)
+            if cached and cached.cache.keeps_result(comparison):
+                results.append(cached.result(comparison, lambda: acc.measure(window.targets, rows())))
+            elif cached and cached.cache.keeps_summary(comparison):
+                reference, candidate = comparison
+                summary = cached.summary(reference, window.targets, lambda: logits.of(reference, window))
+                results.append(measure_against(window.targets, summary, logits.of(candidate, window)))
+            else:
+                results.append(acc.measure(window.targets, rows()))
+    finally:
+        if cached:
+            cached.close()
+        logits.rows.clear()  # a window's rows are dropped as soon as it is measured
     return results
 
 

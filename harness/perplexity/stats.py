@@ -14,7 +14,8 @@ error for neighbouring tokens, so each mean NLL and their difference also get a 
 and the mean KLD also get a window-clustered SE (`window_se`), which the gates use.
 
 Everything is computed in fp64 from the full log-softmax rows (llama.cpp keeps its base log-probs as
-uint16 over the top 16 nats, so its KLD can come out slightly negative; here only by fp64 rounding). Rows
+uint16 over the top 16 nats, so its KLD can come out slightly negative; here only by fp64 rounding), but for
+the KLD against a reference kept by --eager-cache (eager_cache.py: over its top tokens). Rows
 are reduced as they arrive, in blocks of bounded size whatever the vocabulary; what is kept is per-token
 scalars (NLL per engine and KLD: 24 bytes a token, about 7 MB for the whole WikiText-2 test file) and
 window sizes.

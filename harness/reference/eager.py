@@ -35,7 +35,7 @@ from harness.transforms.quantize import quantize
 
 EAGER_MODES = ("emulated", "native")
 EAGER_MEMORY = ("auto", "resident", "streaming")
-RESIDENT_SHARE = 0.5  # "auto" streams a reference that would take more of the available memory (checks need more)
+RESIDENT_SHARE = 0.5  # "auto" streams a reference that would take more of the machine's memory (checks need more)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -253,14 +253,17 @@ def resident_bytes(config: LlamaConfig) -> int:
     return 12 * sum(torch.Size(s).numel() for s in expected_shapes(config).values())
 
 
-def available_bytes() -> int:
-    """The memory this machine has available now (Linux: MemAvailable; elsewhere assume enough)."""
-    meminfo = Path("/proc/meminfo")
+def machine_bytes() -> int:
+    """This machine's memory, or its container's limit where lower (cgroup v2): fixed for a run, so that "auto" decides
+    the same way for every configuration, unlike what happens to be free (Linux; elsewhere assume enough)."""
+    sizes = [1 << 62]
+    meminfo, limit = Path("/proc/meminfo"), Path("/sys/fs/cgroup/memory.max")
     if meminfo.exists():
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 1 << 62
+        sizes += [int(line.split()[1]) * 1024 for line in meminfo.read_text().splitlines()
+                  if line.startswith("MemTotal:")]
+    if limit.exists() and limit.read_text().strip().isdigit():
+        sizes.append(int(limit.read_text()))
+    return min(sizes)
 
 
 class Reference:
@@ -275,7 +278,7 @@ class Reference:
         W8A8 variant's activation scales; `transformers`: loads Hugging Face's implementation of the same
         weights, the independent check of the fp32 reference (None where there is none); `memory` (EAGER_MEMORY):
         whether the eager models are built whole ("resident") or run one part at a time ("streaming"), "auto":
-        streaming when the resident reference would take more than RESIDENT_SHARE of the available memory."""
+        streaming when the resident reference would take more than RESIDENT_SHARE of the machine's memory."""
         self.name, self.weights, self.dtype, self.attention, self.mode = name, weights, dtype, attention, mode
         self.tokenizer, self.calibration_batches, self.transformers = tokenizer, calibration_batches, transformers
         self.memory = memory
@@ -283,7 +286,7 @@ class Reference:
     @cached_property
     def streaming(self) -> bool:
         return self.memory == "streaming" or (
-            self.memory == "auto" and resident_bytes(self.weights.config) > RESIDENT_SHARE * available_bytes())
+            self.memory == "auto" and resident_bytes(self.weights.config) > RESIDENT_SHARE * machine_bytes())
 
     @cached_property
     def variant(self) -> Variant:
@@ -291,8 +294,10 @@ class Reference:
         if plain.quant not in w8a8.SCHEMES:
             return plain
         if self.streaming:
-            raise HarnessError(f"--dtype {self.dtype} with --eager-memory streaming: W8A8 calibration runs the whole "
-                               "fp32 model; use --eager-memory resident")
+            resident = resident_bytes(self.weights.config) / 2**30
+            raise HarnessError(f"--dtype {self.dtype}: W8A8 calibration runs the whole fp32 model, and the reference "
+                               f"is streamed (--eager-memory {self.memory}: {resident:.1f} GiB resident, "
+                               f"{machine_bytes() / 2**30:.1f} GiB on this machine)")
         return dataclasses.replace(plain, calibration=w8a8.calibrate(self.fp32.model, self.calibration_batches()))
 
     def _eager(self) -> tuple[torch.dtype | None, str, torch.dtype | None]:

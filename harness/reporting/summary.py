@@ -12,6 +12,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from harness.checks import SERVING_CHECKS
+from harness.perplexity.stats import KLD_FULL
 from harness.reporting import records
 
 MARK = {"passed": "✅", "failed": "❌", "skipped": "➖", "expected": "⚠️"}
@@ -130,10 +131,16 @@ def perplexity_table(recs: list[dict]) -> tuple[list[str], list[list]]:
         ppl = {e["name"]: _pm(e["ppl"]) for e in stats["engines"]}
         gates = " ".join(f"{MARK['passed' if g['verdict'] == 'pass' else 'failed']} {g['gate']}" for g in rec["gates"])
         rows.append([rec["config"], stats["n_windows"], stats["n_tokens"], ppl.get("eager", ""), ppl.get("iree", ""),
-                     _pm(pair["ln_ratio"], ".2e") if pair else "", f"{pair['kld']['value']:.2g}" if pair else "",
+                     _pm(pair["ln_ratio"], ".2e") if pair else "", _kld_cell(stats) if pair else "",
                      f"{pair['same_top']['value']:.2%}" if pair else "", gates or "none"])
     return (["Configuration", "Windows", "Tokens", "PPL eager", "PPL IREE", "ln(PPL IREE / PPL eager)", "KLD",
              "Same top-1", "Gates"], sorted(rows))
+
+
+def _kld_cell(stats: dict) -> str:
+    """The mean KLD; "≥" where it is over eager's top tokens only (--eager-cache: a lower bound)."""
+    bound = "≥ " if stats.get("kld_over", KLD_FULL) != KLD_FULL else ""
+    return f"{bound}{stats['pair']['kld']['value']:.2g}"
 
 
 def _vs_fp32_cells(vs: dict | None) -> list[str]:

@@ -23,7 +23,7 @@ from harness.common.host import machine
 from harness.data.dataset import BUNDLED_PATH
 from harness.iree.compiler import compiler_record
 from harness.numerics.tolerance import Policy, policy
-from harness.reference.eager import Reference
+from harness.reference.eager import Reference, resident_bytes
 from harness.reference.registry import ModelSpec, resolve
 from harness.reference.weights import LoadedWeights
 from harness.reporting.records import versions
@@ -121,7 +121,8 @@ class Case:
         reason = self.candidate.unsupported(check)
         if not reason and check in SERVING_CHECKS and self.reference.streaming:
             reason = (f"the serving checks need the resident eager model, and {self.config.name}'s reference is "
-                      f"streamed (--eager-memory {self.config.eager_memory})")
+                      f"streamed (--eager-memory {self.config.eager_memory}: "
+                      f"{resident_bytes(self.weights.config) / 2**30:.1f} GiB resident)")
         if reason or not self.artifact:
             return reason
         plan = self.serving_plan(QUICK)
@@ -150,6 +151,8 @@ class Case:
         return {
             "kind": kind, "config": cfg.id, "model": cfg.name, "dtype": cfg.dtype, "tp": cfg.tp,
             "target": cfg.target.name, "device": cfg.target.device(cfg.tp), "eager_mode": cfg.eager_mode,
+            "eager_memory": {"asked": cfg.eager_memory, "streaming": self.reference.streaming
+                             if "reference" in self.__dict__ else None},
             "attention": cfg.target.attention_impl,
             "weights": ({"source": self.weights.source, "sha256": self.weights.sha256}
                         if "weights" in self.__dict__ else None),

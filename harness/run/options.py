@@ -70,9 +70,9 @@ PERPLEXITY_OPTIONS: list[tuple[tuple[str, ...], dict]] = [
     (("--ppl-shard",), dict(default=None, help="i/N: score only windows i-1, i-1+N, ... (machines in parallel; "
                             "`python -m harness report merge` joins them into one run's statistics and gates)")),
     (("--eager-cache",), dict(action="store_true", help="keep eager's per-window perplexity results in "
-                              "$HARNESS_CACHE_DIR/eager (default .cache/eager) and reuse them, so that a rerun computes "
-                              "only the compiled side; the KLD against it is then over eager's top 64 tokens and the "
-                              "rest (a lower bound), PPL, dNLL and same-top exact")),
+                              "$HARNESS_CACHE_DIR/eager (default .cache/eager) and reuse them, so that a rerun "
+                              "computes only the compiled side; the KLD against it is then over eager's top 64 tokens "
+                              "and the rest (a lower bound), PPL, dNLL and same-top exact")),
     (("--update-golden",), dict(action="store_true", help="rewrite golden/ perplexity values from this run")),
     (("--golden-dir",), dict(default="golden", help="where golden perplexity files are read and written "
                              "(default golden/, relative to the project: pytest's rootdir, or the current directory)")),

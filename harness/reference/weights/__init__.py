@@ -27,6 +27,9 @@ class LazyTensors(Mapping[str, torch.Tensor]):
     def __getitem__(self, name: str) -> torch.Tensor:
         return self._loaders[name]()
 
+    def __contains__(self, name: object) -> bool:  # without reading the tensor
+        return name in self._loaders
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._loaders)
 

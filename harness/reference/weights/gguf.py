@@ -50,7 +50,14 @@ class RawTensor:
     shape: tuple[int, ...]  # logical shape in the reference layout: [out, in] for a matrix
     # As stored: quantized types as uint8 [rows, bytes per row], float types typed. Often a read-only
     # view of the memory-mapped file.
-    data: np.ndarray
+    stored: np.ndarray
+    interleaved_heads: int = 0  # rows in llama.cpp's rotary order over this many heads (attn_q / attn_k)
+
+    @property
+    def data(self) -> np.ndarray:
+        """The tensor as stored, in the reference's row order: for interleaved rows a copy made on every read and
+        never kept (a 405B model's attn_q / attn_k alone are tens of GB)."""
+        return unpermute_rows(self.stored, self.interleaved_heads) if self.interleaved_heads else self.stored
 
 
 def gguf_name(name: str) -> str:
@@ -123,10 +130,10 @@ def llama_tensors(path: Path, config: LlamaConfig, stored: dict[str, RawTensor],
                               f"(supported: {', '.join(SUPPORTED_TYPES)})")
         if t.shape != shape:
             raise _fail(path, f"tensor {key} has shape {t.shape}, the config implies {shape}")
-        data = t.data
+        heads = 0
         if interleaved_rope and key.endswith(("attn_q.weight", "attn_k.weight")):
-            data = unpermute_rows(data, config.n_heads if "attn_q" in key else config.n_kv_heads)
-        raw[name] = RawTensor(type=t.type, shape=shape, data=data)
+            heads = config.n_heads if "attn_q" in key else config.n_kv_heads
+        raw[name] = RawTensor(type=t.type, shape=shape, stored=t.stored, interleaved_heads=heads)
     if stored:
         # An unknown tensor (a bias, say) would be silently dropped and the model computed wrongly.
         raise _fail(path, f"unexpected tensor(s) for a Llama model: {', '.join(sorted(stored))}")

@@ -57,6 +57,9 @@ def load_hf_dir(path: str | Path) -> LoadedWeights:
                 if name not in expected:
                     raise HarnessError(f"{file}: unexpected tensor {key} for a Llama model")
                 stored = st.get_slice(key)
+                if stored.get_dtype() not in ("F32", "F16", "BF16"):
+                    raise HarnessError(f"{file}: tensor {key} has dtype {stored.get_dtype()} (supported: F32, F16, "
+                                       "BF16)")
                 if tuple(stored.get_shape()) != expected[name]:
                     raise HarnessError(f"{file}: tensor {key} has shape {tuple(stored.get_shape())}, config.json "
                                        f"implies {expected[name]}")
@@ -71,8 +74,11 @@ def load_hf_dir(path: str | Path) -> LoadedWeights:
 
 
 def _tensor(file: Path, key: str) -> torch.Tensor:
-    with safe_open(file, framework="pt") as st:  # memory-mapped: only this tensor's pages are read
-        return st.get_tensor(key).float()
+    try:
+        with safe_open(file, framework="pt") as st:  # memory-mapped: only this tensor's pages are read
+            return st.get_tensor(key).float()
+    except Exception as e:  # the file changed or went since it was loaded and checked
+        raise HarnessError(f"{file}: tensor {key}: {type(e).__name__}: {' '.join(str(e).split())}") from None
 
 
 def _weight_files(path: Path) -> list[Path]:
