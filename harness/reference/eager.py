@@ -87,8 +87,10 @@ def part_names(config: LlamaConfig, part: str | None) -> list[str]:
         return ["embed_tokens.weight"]
     if part == "head":
         return ["norm.weight", "embed_tokens.weight" if config.tie_embeddings else "lm_head.weight"]
-    prefix = f"layers.{int(part.removeprefix('layer_'))}."
-    return [n for n in names if n.startswith(prefix)]
+    layer = int(part.removeprefix("layer_"))
+    if not 0 <= layer < config.n_layers:
+        raise ValueError(f"part {part!r}: the model has layers 0 .. {config.n_layers - 1}")
+    return [n for n in names if n.startswith(f"layers.{layer}.")]
 
 
 def as_result(t: torch.Tensor) -> torch.Tensor:
