@@ -22,7 +22,7 @@ from harness.iree.runtime import CompiledModule
 from harness.iree.targets import FP8_DECODE, Target
 from harness.reference.eager import Variant
 from harness.reference.llama.config import LlamaConfig
-from harness.reference.llama.model import SUB_BLOCKS, Llama
+from harness.reference.llama.model import Llama, sub_blocks
 from harness.reference.llama.paged import ServingShape, cache_dtype
 from harness.reporting.records import versions
 from harness.transforms.faults import Fault, plant_fault
@@ -57,8 +57,9 @@ class CompiledForward:
 class CompiledParts:
     """The entry points of a compiled "layers" program (programs.py), counting invocations."""
 
-    def __init__(self, module: CompiledModule, n_layers: int):
-        self.module, self.n_layers, self.invocations = module, n_layers, 0
+    def __init__(self, module: CompiledModule, config: LlamaConfig):
+        self.module, self.n_layers, self.invocations = module, config.n_layers, 0
+        self.sub_blocks = sub_blocks(config)
 
     def _call(self, function: str, x: torch.Tensor) -> list[torch.Tensor]:
         self.invocations += 1
@@ -69,7 +70,7 @@ class CompiledParts:
 
     def layer(self, i: int, h):
         out, *taps = self._call(f"layer_{i}", h.float())
-        return out, dict(zip(SUB_BLOCKS, taps))
+        return out, dict(zip(self.sub_blocks, taps))
 
     def head(self, h):
         return self._call("head", h.float())[0]
@@ -114,7 +115,7 @@ class CompiledServing:
         inputs = [h.float().numpy(), seq_lens.numpy(), start_positions.numpy(), page_table.numpy()]
         self.last_call = (f"decode_layer_{i}", [*inputs, self.written])  # the cache as the call found it
         out, *taps = (torch.from_numpy(o) for o in self.module(self.last_call[0], *inputs, *self.caches))
-        return out, dict(zip(SUB_BLOCKS, taps))
+        return out, dict(zip(sub_blocks(self.config), taps))
 
     def reproducer(self, directory: Path) -> str:
         """iree-run-module on the last decode_layer call's inputs (bisection writes the cache before each call)."""
@@ -207,7 +208,7 @@ class ExportedCandidate:
         return CompiledForward(self.module("forward", seq_len, tp, first), first=first)
 
     def layers(self, seq_len: int | None = None) -> CompiledParts:
-        return CompiledParts(self.module("layers", seq_len), self.variant.weights.config.n_layers)
+        return CompiledParts(self.module("layers", seq_len), self.variant.weights.config)
 
     def serving(self, shape: ServingShape, program: str = "serving") -> CompiledServing:
         """The "serving" program (prefill_bs{N}, decode_bs{N}) or "serving_layers" (decode_layer_<i>)."""

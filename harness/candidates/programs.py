@@ -2,7 +2,7 @@
 
 - "forward": tokens -> logits (of positions `first`.., all by default), the program the end-to-end
   check and perplexity run.
-- "layers": `embed` (tokens -> h), `layer_<i>` (h -> h and every sub-block's output, SUB_BLOCKS order)
+- "layers": `embed` (tokens -> h), `layer_<i>` (h -> h and every sub-block's output, model.sub_blocks order)
   and `head` (h -> logits), sharing one parameter archive, so that each part can be fed the eager
   input (isolated) or the compiled chain's own output (propagated) from one compile.
 - "serving": sharktank's `export_paged_llm_v1` entry points for each batch size N (with its
@@ -22,7 +22,8 @@ from __future__ import annotations
 import torch
 
 from harness.iree.export import Entry
-from harness.reference.llama.model import SUB_BLOCKS, Llama
+from harness.reference.llama.config import LlamaConfig
+from harness.reference.llama.model import Llama, sub_blocks
 from harness.reference.llama.paged import ServingShape, cache_dtype
 from harness.transforms.shard import ShardedLlama, split_cache
 
@@ -45,15 +46,16 @@ def _head(model: Llama, h):
     return model.head(h.to(_dtype(model))).float()
 
 
-def _with_taps(out: torch.Tensor, taps: dict) -> tuple[torch.Tensor, ...]:
-    """A layer entry's results: its output, then every sub-block's (SUB_BLOCKS order), in fp32."""
-    return (out.float(), *(taps[name].float() for name in SUB_BLOCKS))
+def _with_taps(out: torch.Tensor, taps: dict, config: LlamaConfig) -> tuple[torch.Tensor, ...]:
+    """A layer entry's results: its output, then every sub-block's (model.sub_blocks order), in fp32."""
+    return (out.float(), *(taps[name].float() for name in sub_blocks(config)))
 
 
 def _layer(index: int):
     def layer(model: Llama, h):
         taps = {}
-        return _with_taps(model.layers[index](h.to(_dtype(model)), *model.rope(h.shape[1]), taps), taps)
+        out = model.layers[index](h.to(_dtype(model)), *model.rope(h.shape[1]), taps)
+        return _with_taps(out, taps, model.config)
     return layer
 
 
@@ -102,7 +104,7 @@ def _decode_layer(index: int, shape: ServingShape):
         taps = {}
         out = model.paged_layer(index, h.to(_dtype(model)), start_positions, seq_lens, page_table, cache,
                                 shape.layout(model.config), taps)
-        return _with_taps(out, taps)
+        return _with_taps(out, taps, model.config)
     return layer
 
 

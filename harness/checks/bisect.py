@@ -12,10 +12,10 @@ from harness.checks import Inputs
 from harness.checks.layers import LayerCheck, Part
 from harness.numerics.tolerance import STRUCTURED, Policy
 from harness.reference.eager import Reference
-from harness.reference.llama.model import SUB_BLOCK_CONSUMERS
+from harness.reference.llama.model import SUB_BLOCK_CONSUMERS, sub_block_consumers
 
 
-def first_propagating_failure(sub_blocks: list[Part]) -> Part | None:
+def first_propagating_failure(sub_blocks: list[Part], consumers: dict = SUB_BLOCK_CONSUMERS) -> Part | None:
     """The first sub-block over budget whose excess reaches a consumer (or is the layer's output), or that
     fails a structured measure.
 
@@ -26,8 +26,8 @@ def first_propagating_failure(sub_blocks: list[Part]) -> Part | None:
     residual stream downstream."""
     failed = {s.name for s in sub_blocks if not s.verdict.passed}
     return next((s for s in sub_blocks if s.name in failed and (
-        s.verdict.measure in STRUCTURED or not SUB_BLOCK_CONSUMERS[s.name]
-        or failed.intersection(SUB_BLOCK_CONSUMERS[s.name]))), None)
+        s.verdict.measure in STRUCTURED or not consumers[s.name]
+        or failed.intersection(consumers[s.name]))), None)
 
 
 def bisect(candidate: Candidate, reference: Reference, inputs: Inputs, policy: Policy,
@@ -48,7 +48,7 @@ def bisect(candidate: Candidate, reference: Reference, inputs: Inputs, policy: P
         sub_blocks = check.sub_blocks(i)
         if artifacts is not None and hasattr(check.compiled, "reproducer"):
             reproducer = check.compiled.reproducer(first.name, [check.chain[i].numpy()], artifacts)
-    culprit = first_propagating_failure(sub_blocks)
+    culprit = first_propagating_failure(sub_blocks, sub_block_consumers(reference.weights.config))
     # Errors accumulate without any part failing on its own: name where the chain first fails.
     propagated = None if first else next((q.name for q in check.propagated() if not q.verdict.passed), None)
     return dict(

@@ -18,7 +18,7 @@ from harness.candidates import Candidate, Layers
 from harness.checks import Inputs
 from harness.numerics.tolerance import Policy, Verdict
 from harness.reference.eager import Reference
-from harness.reference.llama.model import SUB_BLOCKS
+from harness.reference.llama.model import sub_blocks
 
 
 @dataclasses.dataclass
@@ -43,6 +43,7 @@ class LayerCheck:
         self.compiled: Layers = candidate.layers(self.tokens.shape[1])
         self.eager, self.oracle = reference.parts("eager"), reference.parts("oracle")
         self.n_layers = self.eager.n_layers
+        self.sub_block_names = sub_blocks(reference.weights.config)
         self.chain = [self.eager.embed(self.tokens)]  # eager input of layer i is chain[i]
         for i in range(self.n_layers):
             self.chain.append(self.eager.layer(i, self.chain[-1])[0])
@@ -65,7 +66,7 @@ class LayerCheck:
         verdict = self._judge(c, self.chain[i + 1], o)
         if self.policy.structured:  # every sub-block's output too, where the error lives (Policy.structured)
             e_taps = self.eager.layer(i, h)[1]
-            for name in SUB_BLOCKS:
+            for name in self.sub_block_names:
                 tap = self.policy.judge_structured(c_taps[name], e_taps[name], o_taps[name])
                 if tap.ratio > verdict.ratio:
                     verdict = dataclasses.replace(tap, sub_block=name, reason=f"{name}: {tap.reason}")
@@ -87,7 +88,7 @@ class LayerCheck:
         c_taps, e_taps, o_taps = (self.compiled.layer(i, h)[1], self.eager.layer(i, h)[1],
                                   self.oracle.layer(i, h.double())[1])
         return [Part(name, "isolated", self._judge(c_taps[name], e_taps[name], o_taps[name]))
-                for name in SUB_BLOCKS]
+                for name in self.sub_block_names]
 
     @property
     def invocations(self) -> int:

@@ -41,6 +41,7 @@ from harness.numerics.tolerance import Policy, Verdict
 from harness.perplexity import gate
 from harness.perplexity.stats import Accumulator, Stats
 from harness.reference.eager import Reference
+from harness.reference.llama.model import sub_block_consumers
 from harness.reference.llama.paged import PagedLayout, ServingShape
 
 
@@ -414,7 +415,7 @@ def bisect_decode(candidate: Candidate, reference: Reference, inputs: Inputs, po
             first, sub_blocks = i, parts
             break
         h = out_e
-    culprit = first_propagating_failure(sub_blocks)
+    culprit = first_propagating_failure(sub_blocks, sub_block_consumers(reference.weights.config))
     reproducer = compiled.reproducer(artifacts) if first is not None and artifacts is not None else None
     return dict(kind="bisect_decode", diverged=True, step=step, position=q,
                 layer=None if first is None else f"layer_{first}", sub_block=culprit.name if culprit else None,

@@ -51,7 +51,7 @@ def random_weights(config: LlamaConfig, seed: int) -> LoadedWeights:
         elif name == "embed_tokens.weight":
             state[name] = torch.randn(param.shape, generator=gen)
         else:
-            state[name] = torch.randn(param.shape, generator=gen) / param.shape[1] ** 0.5
+            state[name] = torch.randn(param.shape, generator=gen) / param.shape[-1] ** 0.5
     return LoadedWeights(config=config, state_dict=state, tensor_types={k: "F32" for k in state},
                          source=f"random(seed={seed})", sha256=digest(str(config.to_dict()), str(seed)))
 
@@ -73,6 +73,7 @@ def _hf(id_or_dir: str) -> dict:
 REGISTRY: dict[str, ModelSpec] = {
     "toy-gqa": ModelSpec("toy-gqa", shapes.TOY_GQA, lambda: random_weights(shapes.TOY_GQA, seed=1)),
     "toy-tp8": ModelSpec("toy-tp8", shapes.TOY_TP8, lambda: random_weights(shapes.TOY_TP8, seed=2)),
+    "toy-moe": ModelSpec("toy-moe", shapes.TOY_MOE, lambda: random_weights(shapes.TOY_MOE, seed=3)),
     "smollm2-135m": ModelSpec("smollm2-135m", shapes.SMOLLM2_135M, **_gguf(shipped_smollm2_gguf)),
     **{
         name: ModelSpec(name, shape, **_hf(hf_id))

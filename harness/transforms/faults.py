@@ -42,13 +42,26 @@ class Fault:
 
 
 
+def fault_param(sub_block: str) -> str:
+    """The decoder-layer parameter that feeds `sub_block`: SUB_BLOCK_PARAMS, a mixture of experts' router, or an
+    expert's stacked down projection (the fault's `row` is then the expert)."""
+    if sub_block == "router":
+        return "mlp.gate.weight"
+    if sub_block.startswith("expert_"):
+        return "mlp.experts.down_proj"
+    if sub_block not in SUB_BLOCK_PARAMS:
+        raise ValueError(f"sub-block {sub_block!r} has no parameter; choose from {', '.join(SUB_BLOCK_PARAMS)}, "
+                         "router, expert_<e>")
+    return SUB_BLOCK_PARAMS[sub_block]
+
+
 def plant_fault(model: Llama, fault: Fault | None) -> Llama:
     """`model` with `fault` planted (none: as it is)."""
     if fault is None:
         return model
     layer = model.layers[fault.layer]
     if fault.kind == "weight":
-        param = layer.get_parameter(SUB_BLOCK_PARAMS[fault.sub_block])
+        param = layer.get_parameter(fault_param(fault.sub_block))
         data = param.data.clone()  # a new tensor: the parameter may share the loaded weights' storage
         where = (slice(None) if fault.row is None else fault.row,) + (() if fault.col is None else (fault.col,))
         data[where] = data[where] * fault.scale if fault.value is None else fault.value
@@ -61,9 +74,14 @@ def plant_fault(model: Llama, fault: Fault | None) -> Llama:
 
 
 def weight_fault(layer: int, sub_block: str) -> Fault:
-    if sub_block not in SUB_BLOCK_PARAMS:
-        raise ValueError(f"sub-block {sub_block!r} has no parameter; choose from {', '.join(SUB_BLOCK_PARAMS)}")
+    fault_param(sub_block)
     return Fault(layer, sub_block, "weight")
+
+
+def expert_fault(layer: int, expert: int) -> Fault:
+    """One expert's down projection (all of it) scaled: a mixture of experts' fault that bisection must pin on the
+    expert, where the others and the router are right."""
+    return dataclasses.replace(weight_fault(layer, f"expert_{expert}"), row=expert)
 
 
 def row_fault(layer: int, sub_block: str, row: int, scale: float) -> Fault:

@@ -210,6 +210,9 @@ def layout(model: Llama) -> dict[str, int]:
 
 def projection_names(model: Llama) -> list[str]:
     """Every decoder-layer projection's module path, "layers.<i>.<projection>"."""
+    if model.config.n_experts:
+        raise HarnessError("quantized variants of a mixture of experts are not supported yet (its experts are "
+                           "stacked tensors, not projections)")
     return [f"layers.{i}.{path}" for i in range(len(model.layers)) for path in PROJECTIONS]
 
 

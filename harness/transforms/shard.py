@@ -98,6 +98,8 @@ def check_tp(config: LlamaConfig, tp: int, model: str = "the model", quant: str 
     along their input columns, must split between blocks (32 weights; Q4_K 256)."""
     if tp < 1:
         raise HarnessError(f"--tp {tp}: the tensor-parallel size must be a positive integer")
+    if config.n_experts and tp > 1:
+        raise UnfitTP(f"--tp {tp}: {model} is a mixture of experts, which the harness does not shard yet")
     if config.n_heads % tp:
         raise UnfitTP(f"--tp {tp}: {model} has {config.n_heads} query heads, not divisible by {tp}")
     if config.n_kv_heads % tp and tp % config.n_kv_heads:

@@ -28,6 +28,8 @@ class LlamaConfig:
     max_seq_len: int = 2048
     tie_embeddings: bool = False
     rope_scaling: RopeScaling | None = None
+    n_experts: int = 0  # Mixtral's mixture of experts in place of the MLP (0: a dense MLP); ffn_dim is each expert's
+    experts_per_token: int = 2
 
     @property
     def head_dim(self) -> int:
@@ -38,6 +40,8 @@ class LlamaConfig:
             raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.n_kv_heads}")
+        if self.n_experts and not 0 < self.experts_per_token <= self.n_experts:
+            raise ValueError(f"experts_per_token {self.experts_per_token} of {self.n_experts} experts")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -69,6 +73,11 @@ LLAMA31_405B = dataclasses.replace(
 TOY_GQA = LlamaConfig(
     vocab_size=256, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=160,
     rope_theta=10000.0, max_seq_len=512, tie_embeddings=True,
+)
+# Mixtral's shape in miniature: 4 experts, 2 chosen per token.
+TOY_MOE = LlamaConfig(
+    vocab_size=256, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=96,
+    rope_theta=1000000.0, max_seq_len=512, n_experts=4, experts_per_token=2,
 )
 TOY_TP8 = LlamaConfig(
     vocab_size=512, dim=256, n_layers=3, n_heads=16, n_kv_heads=8, ffn_dim=512,

@@ -1,5 +1,6 @@
 """A compact Llama reference model (grouped-query attention, RoPE with Llama 3.1 scaling, RMSNorm,
-SwiGLU, tied or untied embeddings), written for prefill: tokens in, logits out.
+SwiGLU or Mixtral's mixture of SwiGLU experts, tied or untied embeddings), written for prefill: tokens in,
+logits out.
 
 Parameter names follow Hugging Face's LlamaForCausalLM without the "model." prefix, so safetensors
 checkpoints load directly and GGUF tensors map onto them one to one. The computation follows the
@@ -69,6 +70,25 @@ SUB_BLOCK_CONSUMERS = {
     "mlp_norm": ("gate_proj", "up_proj"), "gate_proj": ("swiglu",), "up_proj": ("swiglu",),
     "swiglu": ("down_proj",), "down_proj": ("mlp_residual",), "mlp_residual": (),
 }
+
+
+def sub_blocks(config: LlamaConfig) -> tuple[str, ...]:
+    """A decoder layer's sub-blocks in dataflow order: SUB_BLOCKS, or for a mixture of experts the router's
+    logits, each expert's output and their weighted sum in place of the MLP's."""
+    if not config.n_experts:
+        return SUB_BLOCKS
+    attention = SUB_BLOCKS[:SUB_BLOCKS.index("mlp_norm") + 1]
+    return (*attention, "router", *(f"expert_{e}" for e in range(config.n_experts)), "moe", "mlp_residual")
+
+
+def sub_block_consumers(config: LlamaConfig) -> dict[str, tuple[str, ...]]:
+    """Where each of `sub_blocks(config)` flows inside the layer."""
+    if not config.n_experts:
+        return SUB_BLOCK_CONSUMERS
+    experts = tuple(f"expert_{e}" for e in range(config.n_experts))
+    attention = {k: v for k, v in SUB_BLOCK_CONSUMERS.items() if k in sub_blocks(config)}
+    return {**attention, "mlp_norm": ("router", *experts), "router": ("moe",),
+            **{e: ("moe",) for e in experts}, "moe": ("mlp_residual",)}
 
 
 def tap(taps: dict | None, name: str, value: torch.Tensor) -> torch.Tensor:
@@ -150,13 +170,56 @@ class FeedForward(nn.Module):
         return tap(taps, "down_proj", self.down_proj(tap(taps, "swiglu", self.act(gate) * up)))
 
 
+class Experts(nn.Module):
+    """The experts' SwiGLU weights stacked, as transformers' MixtralExperts holds them: gate_up_proj [experts,
+    2 * ffn_dim, dim] (gate rows, then up rows), down_proj [experts, dim, ffn_dim]."""
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.gate_up_proj = nn.Parameter(torch.empty(config.n_experts, 2 * config.ffn_dim, config.dim))
+        self.down_proj = nn.Parameter(torch.empty(config.n_experts, config.dim, config.ffn_dim))
+        self.act = F.silu
+
+    def forward(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        gate, up = F.linear(x, self.gate_up_proj[e]).chunk(2, dim=-1)
+        return F.linear(self.act(gate) * up, self.down_proj[e])
+
+
+class SparseMoE(nn.Module):
+    """Mixtral's mixture of experts: the router's softmax (fp32) picks each token's `experts_per_token` experts and
+    renormalises their probabilities; the output is their experts' outputs weighted by those. Every expert runs on
+    every token, weighted by zero where it was not picked: the values transformers computes by running each expert
+    on its own tokens (a zero weight adds an exact zero, in the same expert order as its index_add_), with the static
+    shapes an exported program needs."""
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.top_k = config.experts_per_token
+        self.gate = nn.Linear(config.dim, config.n_experts, bias=False)
+        self.experts = Experts(config)
+
+    def forward(self, x: torch.Tensor, taps: dict | None = None) -> torch.Tensor:
+        logits = tap(taps, "router", self.gate(x))
+        probs = torch.softmax(logits.float(), dim=-1)
+        top, chosen = probs.topk(self.top_k, dim=-1)
+        # Each expert's weight: its renormalised probability where chosen, else 0. Summed over the k choices (one
+        # nonzero term: exact) rather than scattered: iree-compile 3.9 crashes lowering aten.scatter (README).
+        picked = chosen[..., None] == torch.arange(probs.shape[-1], device=chosen.device)
+        weights = (picked * (top / top.sum(dim=-1, keepdim=True))[..., None]).sum(dim=-2)
+        out = torch.zeros_like(x)
+        for e in range(weights.shape[-1]):
+            y = tap(taps, f"expert_{e}", self.experts(e, x))
+            out = out + (y * weights[..., e:e + 1]).to(x.dtype)
+        return tap(taps, "moe", out)
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, config: LlamaConfig):
         super().__init__()
         self.input_layernorm = RMSNorm(config.dim, config.norm_eps)
         self.self_attn = Attention(config)
         self.post_attention_layernorm = RMSNorm(config.dim, config.norm_eps)
-        self.mlp = FeedForward(config)
+        self.mlp = SparseMoE(config) if config.n_experts else FeedForward(config)
 
     def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, taps: dict | None = None,
                 kv: PagedKV | None = None):

@@ -44,9 +44,10 @@ def load_hf_dir(path: str | Path) -> LoadedWeights:
         raise HarnessError(f"{path}: not a directory")
     config = _config(path / "config.json")
     files = _weight_files(path)
-    expected = expected_shapes(config)
+    parts = _checkpoint_parts(config)
+    shapes = {key: shape for pieces in parts.values() for key, shape in pieces}
 
-    loaders, tensor_types = {}, {}
+    found, tensor_types = {}, {}
     for file in files:
         with safe_open(file, framework="pt") as st:
             for key in st.keys():
@@ -54,23 +55,56 @@ def load_hf_dir(path: str | Path) -> LoadedWeights:
                 tied_head = name == "lm_head.weight" and config.tie_embeddings
                 if tied_head or name.endswith("rotary_emb.inv_freq"):
                     continue  # the embedding / derived from the config: not parameters of their own
-                if name not in expected:
+                if name not in shapes:
                     raise HarnessError(f"{file}: unexpected tensor {key} for a Llama model")
                 stored = st.get_slice(key)
                 if stored.get_dtype() not in ("F32", "F16", "BF16"):
                     raise HarnessError(f"{file}: tensor {key} has dtype {stored.get_dtype()} (supported: F32, F16, "
                                        "BF16)")
-                if tuple(stored.get_shape()) != expected[name]:
+                if tuple(stored.get_shape()) != shapes[name]:
                     raise HarnessError(f"{file}: tensor {key} has shape {tuple(stored.get_shape())}, config.json "
-                                       f"implies {expected[name]}")
-                loaders[name] = partial(_tensor, file, key)
+                                       f"implies {shapes[name]}")
+                found[name] = (file, key)
                 tensor_types[name] = stored.get_dtype()
-    missing = sorted(set(expected) - set(loaders))
+    missing = sorted(set(shapes) - set(found))
     if missing:
         raise HarnessError(f"{path}: missing tensor(s) {', '.join(missing[:5])}"
                            f"{f' and {len(missing) - 5} more' if len(missing) > 5 else ''}")
-    return LoadedWeights(config=config, state_dict=LazyTensors(loaders), tensor_types=tensor_types, source=str(path),
+    loaders = {name: partial(_assembled, [found[key] for key, _ in pieces], name) for name, pieces in parts.items()}
+    types = {name: tensor_types[pieces[0][0]] for name, pieces in parts.items()}
+    return LoadedWeights(config=config, state_dict=LazyTensors(loaders), tensor_types=types, source=str(path),
                          sha256=sha256_files([path / "config.json", *files]))
+
+
+def _checkpoint_parts(config: LlamaConfig) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
+    """Each parameter's checkpoint tensors (names without "model.", with their shapes): itself, or for a Mixtral's
+    stacked experts each expert's w1 and w3 (gate_up_proj: gate rows, then up rows) or w2 (down_proj), and its
+    router under block_sparse_moe, as Mixtral checkpoints store them."""
+    parts = {}
+    for name, shape in expected_shapes(config).items():
+        layer, _, what = name.partition(".mlp.")
+        if not config.n_experts or not what:
+            parts[name] = [(name, shape)]
+        elif what == "gate.weight":
+            parts[name] = [(f"{layer}.block_sparse_moe.gate.weight", shape)]
+        else:
+            experts = f"{layer}.block_sparse_moe.experts"
+            f, dim = config.ffn_dim, config.dim
+            each = range(config.n_experts)
+            if what == "experts.gate_up_proj":
+                parts[name] = [(f"{experts}.{e}.{w}.weight", (f, dim)) for e in each for w in ("w1", "w3")]
+            else:
+                parts[name] = [(f"{experts}.{e}.w2.weight", (dim, f)) for e in each]
+    return parts
+
+
+def _assembled(pieces: list[tuple[Path, str]], name: str) -> torch.Tensor:
+    tensors = [_tensor(file, key) for file, key in pieces]
+    if len(tensors) == 1:
+        return tensors[0]
+    if name.endswith("gate_up_proj"):  # w1, w3 of each expert in turn
+        return torch.stack([torch.cat(tensors[i:i + 2]) for i in range(0, len(tensors), 2)])
+    return torch.stack(tensors)
 
 
 def _tensor(file: Path, key: str) -> torch.Tensor:
@@ -110,8 +144,10 @@ def _config(file: Path) -> LlamaConfig:
             raise HarnessError(f"{file}: missing {key}")
         return c[key]
 
-    if need("model_type") != "llama":
-        raise HarnessError(f"{file}: model_type is {c['model_type']!r}, only 'llama' is supported")
+    if need("model_type") not in ("llama", "mixtral"):
+        raise HarnessError(f"{file}: model_type is {c['model_type']!r}, only 'llama' and 'mixtral' are supported")
+    if c.get("sliding_window"):
+        raise HarnessError(f"{file}: sliding_window {c['sliding_window']} (sliding-window attention is not supported)")
     for key, value in (("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False)):
         if c.get(key, value) != value:
             raise HarnessError(f"{file}: {key} is {c[key]!r}, the harness's Llama supports only {value!r}")
@@ -136,10 +172,12 @@ def _config(file: Path) -> LlamaConfig:
             max_seq_len=need("max_position_embeddings"),
             tie_embeddings=c.get("tie_word_embeddings", False),
             rope_scaling=RopeScaling(**{k: rope[k] for k in scaling_keys}) if rope_type == "llama3" else None,
+            n_experts=c.get("num_local_experts", 0) if c["model_type"] == "mixtral" else 0,
+            experts_per_token=c.get("num_experts_per_tok", 2),
         )
     except ValueError as e:
         raise HarnessError(f"{file}: inconsistent config: {e}")
-    if c.get("head_dim", config.head_dim) != config.head_dim:
+    if (c.get("head_dim") or config.head_dim) != config.head_dim:
         raise HarnessError(f"{file}: head_dim {c['head_dim']} differs from hidden_size / num_attention_heads "
                            f"= {config.head_dim}, which the harness's Llama requires")
     return config
