@@ -67,14 +67,15 @@ from harness.common.errors import HarnessError
 from harness.reference.llama.attention import causal_mask
 from harness.reference.llama.config import LlamaConfig
 from harness.reference.llama.model import (
-    SUB_BLOCKS,
     Attention,
     DecoderLayer,
     FeedForward,
     Llama,
     RMSNorm,
+    SparseMoE,
     rope_at,
     rope_tables,
+    sub_blocks,
 )
 from harness.reference.llama.paged import PagedKV, PagedLayout
 from harness.transforms.quantize import block_size, effective_scheme
@@ -98,8 +99,6 @@ def check_tp(config: LlamaConfig, tp: int, model: str = "the model", quant: str 
     along their input columns, must split between blocks (32 weights; Q4_K 256)."""
     if tp < 1:
         raise HarnessError(f"--tp {tp}: the tensor-parallel size must be a positive integer")
-    if config.n_experts and tp > 1:
-        raise UnfitTP(f"--tp {tp}: {model} is a mixture of experts, which the harness does not shard yet")
     if config.n_heads % tp:
         raise UnfitTP(f"--tp {tp}: {model} has {config.n_heads} query heads, not divisible by {tp}")
     if config.n_kv_heads % tp and tp % config.n_kv_heads:
@@ -184,12 +183,17 @@ def broadcast(t: torch.Tensor, tp: int) -> list[torch.Tensor]:
     return [t] + [to_device(t, d) for d in range(1, tp)]
 
 
-def all_reduce(partials: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The sum of the devices' partials, added on device 0 in device order, on every device."""
+def reduce(partials: list[torch.Tensor]) -> torch.Tensor:
+    """The sum of the devices' partials, added on device 0 in device order."""
     total = partials[0]
     for p in partials[1:]:
         total = total + to_device(p, 0)
-    return broadcast(total, len(partials))
+    return total
+
+
+def all_reduce(partials: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The sum of the devices' partials, added on device 0 in device order, on every device."""
+    return broadcast(reduce(partials), len(partials))
 
 
 def gather(parts: list[torch.Tensor], dim: int) -> torch.Tensor:
@@ -303,6 +307,21 @@ def _ffn_shard(src: FeedForward, config: LlamaConfig, tp: int, device: int) -> F
     return shard
 
 
+def _moe_shard(src: SparseMoE, config: LlamaConfig, tp: int, device: int) -> SparseMoE:
+    """model.py's SparseMoE over device `device`'s columns of every expert (gate and up rows, down columns), the
+    router replicated so that every device picks the same experts; its output is a partial sum."""
+    sizes, f = split_sizes(config.ffn_dim, tp), config.ffn_dim
+    cols = slice(sum(sizes[:device]), sum(sizes[: device + 1]))
+    with torch.device("meta"):
+        shard = SparseMoE(config)
+    shard.gate = _linear(src.gate.weight, device)
+    gate_up = src.experts.gate_up_proj
+    shard.experts.gate_up_proj = _param(torch.cat([gate_up[:, :f][:, cols], gate_up[:, f:][:, cols]], dim=1), device)
+    shard.experts.down_proj = _param(src.experts.down_proj[:, :, cols].contiguous(), device)
+    shard.experts.act = src.experts.act
+    return shard
+
+
 # --- the sharded model ------------------------------------------------------------------------------------
 
 # How the devices' values of a split sub-block make the unsharded value: concatenated along `dim` over
@@ -323,7 +342,8 @@ class ShardedDecoderLayer(nn.Module):
         self.input_layernorm = nn.ModuleList(_norm(src.input_layernorm, d) for d in range(tp))
         self.self_attn = nn.ModuleList(_attention_shard(src.self_attn, config, tp, d) for d in range(tp))
         self.post_attention_layernorm = nn.ModuleList(_norm(src.post_attention_layernorm, d) for d in range(tp))
-        self.mlp = nn.ModuleList(_ffn_shard(src.mlp, config, tp, d) for d in range(tp))
+        mlp_shard = _moe_shard if config.n_experts else _ffn_shard
+        self.mlp = nn.ModuleList(mlp_shard(src.mlp, config, tp, d) for d in range(tp))
 
     def forward_replicated(self, hs: list[torch.Tensor], coss: list[torch.Tensor], sins: list[torch.Tensor],
                            taps: dict | None = None, kvs: list[PagedKV] | None = None) -> list[torch.Tensor]:
@@ -339,10 +359,13 @@ class ShardedDecoderLayer(nn.Module):
         out = [h + m for h, m in zip(hs2, down)]
         if taps is not None:
             own = {"attn_norm": xs[0], "o_proj": fresh(attn[0]), "attn_residual": hs2[0], "mlp_norm": xs2[0],
-                   "down_proj": fresh(down[0]), "mlp_residual": out[0]}
-            for name in SUB_BLOCKS:
-                if name not in _GATHER:
-                    taps[name] = own[name]
+                   "moe" if self.config.n_experts else "down_proj": fresh(down[0]), "mlp_residual": out[0]}
+            for name in sub_blocks(self.config):
+                if name.startswith("expert_"):  # each device's partial sum of the expert's output
+                    taps[name] = reduce([shard_taps[d][name] for d in range(self.tp)])
+                    continue
+                if name not in _GATHER:  # the router's logits are replicated: device 0's, like a norm's
+                    taps[name] = own.get(name, shard_taps[0].get(name))
                     continue
                 dim, which = _GATHER[name]
                 if which == "all":

@@ -14,6 +14,7 @@ records its sub-blocks' outputs there, in dataflow order (SUB_BLOCKS), for bisec
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -194,7 +195,7 @@ class SparseMoE(nn.Module):
 
     def __init__(self, config: LlamaConfig):
         super().__init__()
-        self.top_k = config.experts_per_token
+        self.top_k, self.n_experts = config.experts_per_token, config.n_experts
         self.gate = nn.Linear(config.dim, config.n_experts, bias=False)
         self.experts = Experts(config)
 
@@ -202,15 +203,15 @@ class SparseMoE(nn.Module):
         logits = tap(taps, "router", self.gate(x))
         probs = torch.softmax(logits.float(), dim=-1)
         top, chosen = probs.topk(self.top_k, dim=-1)
-        # Each expert's weight: its renormalised probability where chosen, else 0. Summed over the k choices (one
-        # nonzero term: exact) rather than scattered: iree-compile 3.9 crashes lowering aten.scatter (README).
-        picked = chosen[..., None] == torch.arange(probs.shape[-1], device=chosen.device)
-        weights = (picked * (top / top.sum(dim=-1, keepdim=True))[..., None]).sum(dim=-2)
-        out = torch.zeros_like(x)
-        for e in range(weights.shape[-1]):
-            y = tap(taps, f"expert_{e}", self.experts(e, x))
-            out = out + (y * weights[..., e:e + 1]).to(x.dtype)
-        return tap(taps, "moe", out)
+        top = top / top.sum(dim=-1, keepdim=True)
+        # Expert e's weight: its renormalised probability where chosen, else 0: summed over the k choices (one
+        # nonzero term: exact) rather than scattered (iree-compile 3.9 crashes lowering aten.scatter: README), and
+        # compared with e itself, not with an arange (a constant each tensor-parallel device would need transferred).
+        # The terms are summed in expert order from the first, not from zeros, for the same reason (adding 0 changes
+        # no value).
+        terms = ((tap(taps, f"expert_{e}", self.experts(e, x)) * ((chosen == e) * top).sum(-1, keepdim=True))
+                 .to(x.dtype) for e in range(self.n_experts))
+        return tap(taps, "moe", functools.reduce(torch.add, terms))
 
 
 class DecoderLayer(nn.Module):
