@@ -1,8 +1,8 @@
 """The mixture-of-experts family (Mixtral's sparse MoE in the Llama reference): its eager reference equals Hugging
 Face transformers' MixtralForCausalLM on the same tiny random weights, also read from a saved Hugging Face directory;
 the compiled model matches eager end to end and layer by layer; a fault planted in one expert, or in the router, is
-bisected to that sub-block; the experts sharded over devices compute the unsharded mixture in eager (iree-compile
-3.9 fails the sharded program: a strict xfail); quantized variants are refused in one line."""
+bisected to that sub-block, also with the experts sharded over two devices, which compute the unsharded mixture;
+quantized variants are refused in one line."""
 
 import iree.turbine.aot as aot
 import pytest
@@ -116,13 +116,13 @@ def test_sharded_experts_compute_the_unsharded_mixture(weights, tokens, tp):
         torch.testing.assert_close(sharded_taps[name], taps[name], rtol=1e-5, atol=1e-5, msg=name)
 
 
-@pytest.mark.xfail(strict=True, raises=StageFailure, reason="iree-compile 3.9 fails the experts sharded over 2 "
-                   "devices: 'stream.tensor.sizeof' op illegal for this phase of lowering (README, Findings); when "
-                   "this passes, add toy-moe at TP 2 to the default matrix")
-def test_compiled_experts_sharded_over_two_devices_match_eager():
+def test_compiled_experts_sharded_over_two_devices_match_eager_and_bisect_to_the_expert(tmp_path):
     case = Case(RunConfig("toy-moe", "fp32", tp=2))
     rec = case.run(end_to_end.check, baseline=case.tp1())
     assert rec["verdict"]["passed"] and rec["verdict_vs_tp1"]["passed"], rec["verdict"]["reason"]
+    fault = expert_fault(0, 3)
+    rec = Case(RunConfig("toy-moe", "fp32", tp=2), fault=fault).run(bisect.bisect, artifacts=tmp_path)
+    assert (rec["layer"], rec["sub_block"]) == ("layer_0", "expert_3"), bisect.format_bisect(rec)
 
 
 def test_quantized_mixture_of_experts_is_refused_in_one_line():
@@ -137,8 +137,8 @@ class TopKScatter(torch.nn.Module):
 
 
 @pytest.mark.xfail(strict=True, raises=StageFailure, reason="iree-compile 3.9 crashes lowering aten.scatter "
-                   "(torch-mlir's convertTorchScatterIndexAndSrcToTMScatterIndexAndSrc): why SparseMoE sums one-hot "
-                   "picks instead of scattering the router's weights; when this passes, that workaround can go")
+                   "(torch-mlir's convertTorchScatterIndexAndSrcToTMScatterIndexAndSrc): one reason SparseMoE does not "
+                   "scatter the router's top-k weights (README, Findings)")
 def test_iree_compiles_a_scatter_of_the_top_k(tmp_path):
     path = tmp_path / "scatter.mlir"
     aot.export(TopKScatter(), args=(torch.rand(3, 5, 4),)).save_mlir(str(path))

@@ -29,7 +29,7 @@ DEFAULT_MATRIX = (
     ("smollm2-135m", ("fp32",), (1,), CORE), ("smollm2-135m", ("fp16",), (1,), CORE),
     ("smollm2-135m", ("bf16",), (1,), ("end_to_end", "perplexity")),
     ("smollm2-135m", ("fp32",), (3,), ("end_to_end",)),
-    ("toy-moe", ("fp32",), (1,), None),
+    ("toy-moe", ("fp32",), (1,), None), ("toy-moe", ("fp32",), (2,), CORE),
 )
 
 

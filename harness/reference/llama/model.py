@@ -202,15 +202,16 @@ class SparseMoE(nn.Module):
     def forward(self, x: torch.Tensor, taps: dict | None = None) -> torch.Tensor:
         logits = tap(taps, "router", self.gate(x))
         probs = torch.softmax(logits.float(), dim=-1)
-        top, chosen = probs.topk(self.top_k, dim=-1)
-        top = top / top.sum(dim=-1, keepdim=True)
-        # Expert e's weight: its renormalised probability where chosen, else 0: summed over the k choices (one
-        # nonzero term: exact) rather than scattered (iree-compile 3.9 crashes lowering aten.scatter: README), and
-        # compared with e itself, not with an arange (a constant each tensor-parallel device would need transferred).
-        # The terms are summed in expert order from the first, not from zeros, for the same reason (adding 0 changes
-        # no value).
-        terms = ((tap(taps, f"expert_{e}", self.experts(e, x)) * ((chosen == e) * top).sum(-1, keepdim=True))
-                 .to(x.dtype) for e in range(self.n_experts))
+        # The top k by a threshold at the k-th largest probability (an exact tie there would pick both, where
+        # transformers' top-k picks one), each weight renormalised over them; expert e's weight is column e, zero
+        # where it was not picked. Not torch.topk and a scatter: iree-compile 3.9 crashes lowering the scatter, and
+        # fails the top-k's indices in a program sharded over devices (README, Findings). The terms are summed in
+        # expert order from the first, not from zeros (a constant each device would need transferred: shard.py).
+        kth = probs.sort(dim=-1, descending=True).values[..., self.top_k - 1:self.top_k]
+        picked = probs * (probs >= kth).to(probs.dtype)
+        weights = picked / picked.sum(dim=-1, keepdim=True)
+        terms = ((tap(taps, f"expert_{e}", self.experts(e, x)) * weights[..., e:e + 1]).to(x.dtype)
+                 for e in range(self.n_experts))
         return tap(taps, "moe", functools.reduce(torch.add, terms))
 
 
