@@ -21,7 +21,7 @@ from harness.reference.registry import resolve
 from harness.reference.weights.hf_dir import load_hf_dir
 from harness.run.case import Case
 from harness.run.config import RunConfig
-from harness.transforms.faults import expert_fault, weight_fault
+from harness.transforms.faults import expert_fault, op_fault, weight_fault
 from harness.transforms.quantize import quantize
 from harness.transforms.shard import shard
 
@@ -92,7 +92,8 @@ def test_compiled_mixture_of_experts_matches_eager_end_to_end_and_layer_by_layer
     assert case.run(layers.compare)["passed"]
 
 
-@pytest.mark.parametrize("fault, sub_block", [(expert_fault(1, 2), "expert_2"), (weight_fault(0, "router"), "router")])
+@pytest.mark.parametrize("fault, sub_block", [(expert_fault(1, 2), "expert_2"), (weight_fault(0, "router"), "router"),
+                                              (op_fault(1), "expert_0")])
 def test_bisection_pins_a_fault_on_the_expert_or_the_router(fault, sub_block, tmp_path):
     rec = Case(RunConfig("toy-moe", "fp32"), fault=fault).run(bisect.bisect, artifacts=tmp_path)
     assert (rec["layer"], rec["sub_block"]) == (f"layer_{fault.layer}", sub_block), bisect.format_bisect(rec)

@@ -68,8 +68,8 @@ def plant_fault(model: Llama, fault: Fault | None) -> Llama:
         param.data = data
     elif fault.kind == "paged":
         model.paged_defects = {fault.layer: fault.sub_block}
-    else:
-        layer.mlp.act = F.gelu  # SwiGLU computed with GELU instead of SiLU
+    else:  # SwiGLU computed with GELU instead of SiLU (every expert's, in a mixture of experts)
+        getattr(layer.mlp, "experts", layer.mlp).act = F.gelu
     return model
 
 
