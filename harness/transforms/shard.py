@@ -13,6 +13,8 @@ Layout, device d of tp:
 - feed-forward: column slices of gate_proj and up_proj, the matching row slice of down_proj, whose
   partial outputs are all-reduced. The FFN width need not divide by tp: the first ffn_dim % tp
   devices take one column more (any split of a sum is exact), so SmolLM2 (1536) runs at TP 9.
+- mixture of experts: the same column split of every expert, the router replicated, so every device picks the
+  same experts and weights its partial outputs by the same probabilities before the all-reduce.
 - embedding: replicated, a copy on every device, each device looking up its own copy of the token
   ids, so the residual stream starts replicated without a transfer of activations. Not split over
   the vocabulary: that needs a masked lookup plus an all-reduce and only saves memory.
