@@ -13,9 +13,9 @@ What is kept, per window (~200 KB for 255 scored tokens at TOP_K = 64):
   and its TOP_K most likely tokens' log-probs with the log of the rest's mass. Measured against a summary, dNLL,
   PPL, dp and same-top are bit for bit what the full rows give; the KLD is that of both distributions coarsened to
   eager's TOP_K tokens plus "the rest" (the data-processing inequality makes it a lower bound of the full KLD: about
-  80 % of it on SmolLM2, eager fp32 against bf16 or against fp32 + 1e-5 noise: bench/kld_top_k.py). A run that fills the cache measures
-  against the summary too, so a cold and a warm run give the same statistics. No gate reads the perplexity KLD: the
-  paired and golden gates read NLLs.
+  80 % of it on SmolLM2, eager fp32 against bf16 or against fp32 + 1e-5 noise: bench/kld_top_k.py). A run that
+  fills the cache measures against the summary too, so a cold and a warm run give the same statistics. No gate
+  reads the perplexity KLD: the paired and golden gates read NLLs.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 from harness.candidates import Forward
 from harness.common.errors import HarnessError
 from harness.perplexity.journal import WindowStore
-from harness.perplexity.stats import BLOCK_ELEMENTS, KLD_FULL, WindowResult, kld_rows
+from harness.perplexity.stats import KLD_FULL, WindowResult, kld_rows, log_probs, row_blocks, token_nll
 
 TOP_K = 64
 KLD_OVER = f"eager's top {TOP_K} tokens and the rest (--eager-cache: a lower bound of the full-vocabulary KLD)"
@@ -56,11 +56,6 @@ class Summary:
         return cls(**{**values, "vocab": int(values["vocab"])})
 
 
-def _blocks(n: int, vocab: int):
-    rows = max(1, BLOCK_ELEMENTS // vocab)
-    return (slice(start, start + rows) for start in range(0, n, rows))
-
-
 def _rest(logp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """log of the probability outside `ids`, per row."""
     return logp.scatter(-1, ids, -torch.inf).logsumexp(-1)
@@ -71,11 +66,12 @@ def summarize(targets: torch.Tensor, logits: torch.Tensor, k: int = TOP_K) -> Su
     n, vocab = logits.shape
     k = min(k, vocab)
     parts = {name: [] for name in ("nll", "top", "ids", "logp", "rest")}
-    for block in _blocks(n, vocab):
-        logp = torch.log_softmax(logits[block], dim=-1, dtype=torch.float64)
+    for block in row_blocks(n, vocab):
+        logp = log_probs(logits[block])
         top = logp.topk(k, dim=-1)
-        for name, value in (("nll", -logp.gather(-1, targets[block, None])[:, 0]), ("top", logp.argmax(-1)),
-                            ("ids", top.indices.int()), ("logp", top.values), ("rest", _rest(logp, top.indices))):
+        parts["nll"].append(token_nll(logp, targets[block]))
+        for name, value in (("top", logp.argmax(-1)), ("ids", top.indices.int()), ("logp", top.values),
+                            ("rest", _rest(logp, top.indices))):
             parts[name].append(value.numpy())
     return Summary(vocab, **{name: np.concatenate(values) for name, values in parts.items()})
 
@@ -88,10 +84,10 @@ def measure_against(targets: torch.Tensor, reference: Summary, logits: torch.Ten
         raise HarnessError(f"a candidate's logits of shape {tuple(logits.shape)} against an eager summary of "
                            f"{reference.nll.size} tokens over a vocabulary of {reference.vocab}")
     nll, kld, same_top = np.empty(n), np.empty(n), 0
-    for block in _blocks(n, vocab):
-        logp = torch.log_softmax(logits[block], dim=-1, dtype=torch.float64)
+    for block in row_blocks(n, vocab):
+        logp = log_probs(logits[block])
         ids = torch.from_numpy(reference.ids[block]).long()
-        nll[block] = -logp.gather(-1, targets[block, None])[:, 0].numpy()
+        nll[block] = token_nll(logp, targets[block])
         same_top += int((torch.from_numpy(reference.top[block]) == logp.argmax(-1)).sum())
         a = torch.cat([torch.from_numpy(reference.logp[block]), torch.from_numpy(reference.rest[block])[:, None]], -1)
         b = torch.cat([logp.gather(-1, ids), _rest(logp, ids)[:, None]], -1)

@@ -150,6 +150,21 @@ def kld_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return kld
 
 
+def row_blocks(n: int, vocab: int):
+    """Slices of n rows small enough that a block's fp64 log-softmax stays within BLOCK_ELEMENTS."""
+    rows = max(1, BLOCK_ELEMENTS // vocab)
+    return (slice(start, start + rows) for start in range(0, n, rows))
+
+
+def log_probs(logits: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(logits, dim=-1, dtype=torch.float64)
+
+
+def token_nll(logp: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
+    """Each row's NLL of its target."""
+    return -logp.gather(-1, targets[:, None])[:, 0].numpy()
+
+
 @dataclasses.dataclass(frozen=True)
 class WindowResult:
     """One window's per-token results, all the statistics keep of it: each engine's NLL and, for a pair, the KLD
@@ -207,12 +222,10 @@ class Accumulator:
         nll = [np.empty(n) for _ in logits]
         kld = np.empty(n)
         same_top = 0
-        rows = max(1, BLOCK_ELEMENTS // logits[0].shape[-1])
-        for start in range(0, n, rows):
-            block = slice(start, start + rows)
-            logp = [torch.log_softmax(t[block], dim=-1, dtype=torch.float64) for t in logits]
+        for block in row_blocks(n, logits[0].shape[-1]):
+            logp = [log_probs(t[block]) for t in logits]
             for out, lp in zip(nll, logp):
-                out[block] = -lp.gather(-1, targets[block, None])[:, 0].numpy()
+                out[block] = token_nll(lp, targets[block])
             if self.paired:
                 a, b = logp
                 same_top += int((a.argmax(-1) == b.argmax(-1)).sum())

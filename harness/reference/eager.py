@@ -302,9 +302,12 @@ class Reference:
                                f"{machine_bytes() / 2**30:.1f} GiB on this machine)")
         return dataclasses.replace(plain, calibration=w8a8.calibrate(self.fp32.model, self.calibration_batches()))
 
-    def _eager(self) -> tuple[torch.dtype | None, str, torch.dtype | None]:
-        """How eager runs the variant: its compute dtype (None: the dtype's own), name and emulated dtype."""
+    def _spec(self, which: str) -> tuple[torch.dtype | None, str, torch.dtype | None]:
+        """How `which` ("eager" or "oracle") runs the variant: its compute dtype (None: the dtype's own), name and
+        emulated dtype."""
         v = self.variant
+        if which == "oracle":
+            return torch.float64, "oracle-fp64", None
         if v.torch_dtype == torch.float32:
             return None, "eager", None
         if self.mode == "native":
@@ -319,17 +322,16 @@ class Reference:
 
     @cached_property
     def eager(self) -> EagerModel:
-        return self._model(self.variant, *self._eager())
+        return self._model(self.variant, *self._spec("eager"))
 
     @cached_property
     def oracle(self) -> EagerModel:
-        return self._model(self.variant, torch.float64, "oracle-fp64")
+        return self._model(self.variant, *self._spec("oracle"))
 
     def parts(self, which: str) -> StreamingParts:
         """The parts of `which` ("eager" or "oracle") built one at a time from the weights (StreamingParts: what
         the layer check and bisection use, so they never hold the whole model)."""
-        compute, name, emulated = self._eager() if which == "eager" else (torch.float64, "oracle-fp64", None)
-        return StreamingParts(self.variant, compute, name, emulated)
+        return StreamingParts(self.variant, *self._spec(which))
 
     @cached_property
     def fp32(self) -> EagerModel:
