@@ -33,6 +33,9 @@ def _each_config(args, check, kind: str) -> int:
     for config in configs:
         case = Case(config)  # builds nothing yet: an unknown model or an unreadable --artifact fails in `check`
         try:
+            reason = case.unsupported(kind)
+            if reason:  # a check the model's family cannot take (an encoder's perplexity)
+                raise UnfitTP(f"{kind}: {reason}")
             rec, passed, text = check(case, run_dir)
         except UnfitTP as e:  # a --tp the model's heads cannot take: not a failure of this model
             records.append(run_dir / "records.jsonl", {"kind": "skipped", "config": config.id, "reason": str(e)})

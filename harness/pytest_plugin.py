@@ -4,7 +4,7 @@ report.
 
 Every test that takes a `run_config` argument is parametrized over --model x --dtype x --tp (or, with none
 of them given, the default matrix of harness/run/matrix.py, whose entries name the checks they run:
-`test_<check>`); its id names the configuration (e.g. `smollm2-135m-bf16-tp1`). Fixtures: `case` (the
+`test_<check>`, and whose models' family is the suite's: suites/<family>/, llama for a test elsewhere); its id names the configuration (e.g. `smollm2-135m-bf16-tp1`). Fixtures: `case` (the
 configuration's reference, candidate, inputs and policy, run/case.py), `write_record`, `run_dir`,
 `conclude` (how a check ends under the expected failures) and `golden_dir`. Records go to
 `<report-dir>/<run>/records.jsonl`, and `summary.md` is written when the session ends (by the controller
@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from harness.common.errors import HarnessError, StageFailure
+from harness.reference.families import FAMILIES
 from harness.reporting import expected, records, summary, trend
 from harness.run import matrix, options
 from harness.run.case import Case
@@ -67,8 +68,9 @@ def pytest_generate_tests(metafunc):
         return
     get = metafunc.config.getoption
     check = None if get("nightly") else metafunc.function.__name__.removeprefix("test_")  # e.g. "layers"
+    family = metafunc.definition.path.parent.name  # suites/<family>/test_*.py
     try:
-        configs = matrix.run_configs(get, check)
+        configs = matrix.run_configs(get, check, family if family in FAMILIES else "llama")
     except HarnessError as e:
         raise pytest.UsageError(str(e)) from None
     metafunc.parametrize("run_config", configs, ids=[c.id for c in configs], scope="session")

@@ -82,7 +82,7 @@ def test_sub_blocks_of_a_mixture_of_experts():
     assert set(consumers) == set(names) and consumers["mlp_norm"][0] == "router"
     taps = {}
     model = Llama(TOY_MOE)
-    model.layers[0](torch.zeros(1, 3, TOY_MOE.dim), *model.rope(3), taps)
+    model.layers[0](torch.zeros(1, 3, TOY_MOE.dim), *model.layer_args(3), taps)
     assert tuple(taps) == names
 
 
@@ -108,7 +108,7 @@ def test_sharded_experts_compute_the_unsharded_mixture(weights, tokens, tp):
     sharded = shard(model, tp)
     with torch.no_grad():
         want, got = model(tokens), sharded(tokens)
-        h, rope = model.embed(tokens), model.rope(tokens.shape[1])
+        h, rope = model.embed(tokens), model.layer_args(tokens.shape[1])
         taps, sharded_taps = {}, {}
         model.layers[1](h, *rope, taps)
         sharded.layers[1](h, *rope, sharded_taps)

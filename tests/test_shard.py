@@ -92,8 +92,8 @@ def test_every_sub_block_matches_unsharded(config, tp):
         assert torch.equal(sharded.embed(x), h)
         for i in range(config.n_layers):
             want, got = {}, {}
-            out = model.layers[i](h, *model.rope(x.shape[1]), want)
-            assert_close(sharded.layers[i](h, *sharded.rope(x.shape[1]), got), out, f"layer {i} output")
+            out = model.layers[i](h, *model.layer_args(x.shape[1]), want)
+            assert_close(sharded.layers[i](h, *sharded.layer_args(x.shape[1]), got), out, f"layer {i} output")
             assert list(got) == list(SUB_BLOCKS)
             for name in SUB_BLOCKS:
                 assert_close(got[name], want[name], f"layer {i} {name}")

@@ -21,8 +21,8 @@ from harness.iree.export import export_program
 from harness.iree.runtime import CompiledModule
 from harness.iree.targets import FP8_DECODE, Target
 from harness.reference.eager import Variant
+from harness.reference.families import sub_blocks
 from harness.reference.llama.config import LlamaConfig
-from harness.reference.llama.model import Llama, sub_blocks
 from harness.reference.llama.paged import ServingShape, cache_dtype
 from harness.reporting.records import versions
 from harness.transforms.faults import Fault, plant_fault
@@ -57,7 +57,7 @@ class CompiledForward:
 class CompiledParts:
     """The entry points of a compiled "layers" program (programs.py), counting invocations."""
 
-    def __init__(self, module: CompiledModule, config: LlamaConfig):
+    def __init__(self, module: CompiledModule, config):
         self.module, self.n_layers, self.invocations = module, config.n_layers, 0
         self.sub_blocks = sub_blocks(config)
 
@@ -159,7 +159,7 @@ class ExportedCandidate:
     def unsupported(self, check: str) -> str | None:
         return None  # it builds every program each check needs
 
-    def model(self, tp: int) -> Llama:
+    def model(self, tp: int) -> torch.nn.Module:
         """The model this candidate compiles, on `tp` devices."""
         model = plant_fault(self.variant.build(fp8_decode=FP8_DECODE[self.target.hal_target_device]), self.fault)
         return shard(model, tp, self.model_name) if tp > 1 else model

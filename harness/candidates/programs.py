@@ -2,7 +2,7 @@
 
 - "forward": tokens -> logits (of positions `first`.., all by default), the program the end-to-end
   check and perplexity run.
-- "layers": `embed` (tokens -> h), `layer_<i>` (h -> h and every sub-block's output, model.sub_blocks order)
+- "layers": `embed` (tokens -> h), `layer_<i>` (h -> h and every sub-block's output, families.sub_blocks order)
   and `head` (h -> logits), sharing one parameter archive, so that each part can be fed the eager
   input (isolated) or the compiled chain's own output (propagated) from one compile.
 - "serving": sharktank's `export_paged_llm_v1` entry points for each batch size N (with its
@@ -20,41 +20,42 @@ dtype-valued fp32 tensor is exact, and the runtime cannot hand bf16 buffers to n
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from harness.iree.export import Entry
-from harness.reference.llama.config import LlamaConfig
-from harness.reference.llama.model import Llama, sub_blocks
+from harness.reference.families import sub_blocks
+from harness.reference.llama.model import Llama
 from harness.reference.llama.paged import ServingShape, cache_dtype
 from harness.transforms.shard import ShardedLlama, split_cache
 
 
-def _dtype(model: Llama) -> torch.dtype:
+def _dtype(model: nn.Module) -> torch.dtype:
     return model.embed_tokens.weight.dtype
 
 
 def _forward_from(first: int):
-    def forward(model: Llama, tokens):
+    def forward(model: nn.Module, tokens):
         return model(tokens, first).float()
     return forward
 
 
-def _embed(model: Llama, tokens):
+def _embed(model: nn.Module, tokens):
     return model.embed(tokens).float()
 
 
-def _head(model: Llama, h):
+def _head(model: nn.Module, h):
     return model.head(h.to(_dtype(model))).float()
 
 
-def _with_taps(out: torch.Tensor, taps: dict, config: LlamaConfig) -> tuple[torch.Tensor, ...]:
-    """A layer entry's results: its output, then every sub-block's (model.sub_blocks order), in fp32."""
+def _with_taps(out: torch.Tensor, taps: dict, config) -> tuple[torch.Tensor, ...]:
+    """A layer entry's results: its output, then every sub-block's (families.sub_blocks order), in fp32."""
     return (out.float(), *(taps[name].float() for name in sub_blocks(config)))
 
 
 def _layer(index: int):
-    def layer(model: Llama, h):
+    def layer(model: nn.Module, h):
         taps = {}
-        out = model.layers[index](h.to(_dtype(model)), *model.rope(h.shape[1]), taps)
+        out = model.layers[index](h.to(_dtype(model)), *model.layer_args(h.shape[1]), taps)
         return _with_taps(out, taps, model.config)
     return layer
 

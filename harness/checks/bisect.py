@@ -12,7 +12,8 @@ from harness.checks import Inputs
 from harness.checks.layers import LayerCheck, Part
 from harness.numerics.tolerance import STRUCTURED, Policy
 from harness.reference.eager import Reference
-from harness.reference.llama.model import SUB_BLOCK_CONSUMERS, sub_block_consumers
+from harness.reference.families import sub_block_consumers
+from harness.reference.llama.model import SUB_BLOCK_CONSUMERS
 
 
 def first_propagating_failure(sub_blocks: list[Part], consumers: dict = SUB_BLOCK_CONSUMERS) -> Part | None:

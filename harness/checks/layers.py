@@ -18,7 +18,7 @@ from harness.candidates import Candidate, Layers
 from harness.checks import Inputs
 from harness.numerics.tolerance import Policy, Verdict
 from harness.reference.eager import Reference
-from harness.reference.llama.model import sub_blocks
+from harness.reference.families import sub_blocks
 
 
 @dataclasses.dataclass

@@ -41,7 +41,7 @@ from harness.numerics.tolerance import Policy, Verdict
 from harness.perplexity import gate
 from harness.perplexity.stats import Accumulator, Stats
 from harness.reference.eager import Reference
-from harness.reference.llama.model import sub_block_consumers
+from harness.reference.families import sub_block_consumers
 from harness.reference.llama.paged import PagedLayout, ServingShape
 
 

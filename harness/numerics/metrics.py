@@ -59,6 +59,17 @@ def kl_divergence(logits: torch.Tensor, ref_logits: torch.Tensor) -> tuple[float
     return float(kld.mean()), float(kld.max())
 
 
+def allclose(x: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float) -> dict:
+    """A fixed tolerance's verdict, as torch.allclose and numpy's assert_allclose judge: |x - ref| <= atol +
+    rtol |ref| everywhere; with the worst element's |x - ref| / (atol + rtol |ref|) (over 1 fails) and the share
+    of elements over. NaN or Inf fails."""
+    ratio = (_f64(x) - _f64(ref)).abs() / (atol + rtol * _f64(ref).abs())
+    finite = all_finite(x) and all_finite(ref)
+    worst = float(ratio.max()) if finite else math.inf
+    return {"atol": atol, "rtol": rtol, "passed": worst <= 1, "worst": worst,
+            "over": float((ratio > 1).double().mean()) if finite else 1.0}
+
+
 def compare(x: torch.Tensor, ref: torch.Tensor, logits: bool = True) -> dict[str, float]:
     """Every metric of `x` against `ref`; the distribution metrics only when both are logits."""
     out = {

@@ -23,9 +23,8 @@ import torch
 
 from harness.common.dtypes import quantization, torch_dtype
 from harness.common.errors import HarnessError
+from harness.reference import families
 from harness.reference.llama.attention import ATTENTION
-from harness.reference.llama.config import LlamaConfig
-from harness.reference.llama.model import Llama
 from harness.reference.llama.paged import ServingShape
 from harness.reference.precision import emulate
 from harness.reference.tokenizer import Tokenizer
@@ -56,20 +55,21 @@ class Variant:
         return quantization(self.dtype)
 
     def build(self, compute: torch.dtype | None = None, fp8_decode: str = "native", quantized: bool = True,
-              part: str | None = None) -> Llama:
+              part: str | None = None) -> torch.nn.Module:
         """The model with weights rounded to the dtype and its projections quantized (unless not
         `quantized`), held and computed in `compute` (default: the dtype); fp8 codes decoded as
         `fp8_decode` says (transforms/quantize.py). `part` ("embed", "layer_<i>" or "head"): only that part's
         parameters are read, the rest of the model is left on the meta device (no memory)."""
         with torch.device("meta"):  # no random init: the weights replace every parameter
-            model = Llama(self.weights.config)
+            model = families.build(self.weights.config)
         # assign: a model in the weights' own dtype takes their tensors instead of a second copy (SmolLM2 fp32:
         # 0.5 GB). Nothing mutates a parameter in place (faults replace theirs).
         dtype, names = self.torch_dtype, part_names(self.weights.config, part)
         model.load_state_dict({k: self.weights.state_dict[k].to(dtype) for k in names}, assign=True,
                               strict=part is None)
-        for layer in model.layers:
-            layer.self_attn.attend = ATTENTION[self.attention]
+        for attention in (layer.self_attn for layer in model.layers):
+            if hasattr(attention, "attend"):  # llama's formulations (attention.IMPLS); T5's attention has one
+                attention.attend = ATTENTION[self.attention]
         if quantized and self.quant in w8a8.SCHEMES:
             w8a8.quantize_w8a8(model, self.quant, self.calibration, fp8_decode)
         elif quantized and self.quant:
@@ -77,20 +77,20 @@ class Variant:
         return model.to(compute or dtype).eval()
 
 
-def part_names(config: LlamaConfig, part: str | None) -> list[str]:
-    """The parameters of a model part: the embedding, a decoder layer ("layer_<i>"), or the head (the final norm
-    and the output projection, which is the embedding when tied); every parameter for None."""
+def part_names(config, part: str | None) -> list[str]:
+    """The parameters of a model part: the embedding, a layer ("layer_<i>", with what every layer reads, such as
+    T5's position bias table), or the head (for llama the final norm and the output projection, which is the
+    embedding when tied); every parameter for None."""
     names = list(expected_shapes(config))
     if part is None:
         return names
-    if part == "embed":
-        return ["embed_tokens.weight"]
-    if part == "head":
-        return ["norm.weight", "embed_tokens.weight" if config.tie_embeddings else "lm_head.weight"]
+    part_params = families.model_class(config).part_params
+    if part in ("embed", "head"):
+        return part_params(config, part)
     layer = int(part.removeprefix("layer_"))
     if not 0 <= layer < config.n_layers:
         raise ValueError(f"part {part!r}: the model has layers 0 .. {config.n_layers - 1}")
-    return [n for n in names if n.startswith(f"layers.{layer}.")]
+    return [n for n in names if n.startswith(f"layers.{layer}.")] + part_params(config, "layer")
 
 
 def as_result(t: torch.Tensor) -> torch.Tensor:
@@ -183,7 +183,7 @@ class EagerParts:
         self.dtype = dtype or self.model.embed_tokens.weight.dtype
         self.n_layers = len(self.model.layers)
 
-    def _model(self, part: str) -> Llama:
+    def _model(self, part: str) -> torch.nn.Module:
         """A model that holds `part` ("embed", "layer_<i>" or "head")."""
         return self.model
 
@@ -196,7 +196,7 @@ class EagerParts:
     def layer(self, i: int, h) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         taps, model = {}, self._model(f"layer_{i}")
         with self.eager.precision():
-            out = model.layers[i](h.to(self.dtype), *model.rope(h.shape[1]), taps)
+            out = model.layers[i](h.to(self.dtype), *model.layer_args(h.shape[1]), taps)
         return as_result(out), {k: as_result(v) for k, v in taps.items()}
 
     @torch.no_grad()
@@ -213,12 +213,12 @@ class StreamingParts(EagerParts):
 
     def __init__(self, variant: Variant, compute: torch.dtype | None, name: str, emulated: torch.dtype | None):
         with torch.device("meta"):
-            skeleton = Llama(variant.weights.config)
+            skeleton = families.build(variant.weights.config)
         super().__init__(EagerModel(skeleton, name, emulated), compute or variant.torch_dtype)
         self.variant, self.compute = variant, compute
-        self._built: tuple[str, Llama] | None = None
+        self._built: tuple[str, torch.nn.Module] | None = None
 
-    def _model(self, part: str) -> Llama:
+    def _model(self, part: str) -> torch.nn.Module:
         if self._built is None or self._built[0] != part:
             self._built = None  # the previous part is freed before the next is read
             self._built = part, self.variant.build(self.compute, part=part)
@@ -250,7 +250,7 @@ class StreamingModel(EagerModel):
                            "cache spans every layer); run them with --eager-memory resident on a larger machine")
 
 
-def resident_bytes(config: LlamaConfig) -> int:
+def resident_bytes(config) -> int:
     """The resident reference of a layer check or end-to-end check: eager in fp32 and the oracle in fp64."""
     return 12 * sum(torch.Size(s).numel() for s in expected_shapes(config).values())
 
@@ -284,6 +284,11 @@ class Reference:
         self.name, self.weights, self.dtype, self.attention, self.mode = name, weights, dtype, attention, mode
         self.tokenizer, self.calibration_batches, self.transformers = tokenizer, calibration_batches, transformers
         self.memory = memory
+
+    @property
+    def outputs_logits(self) -> bool:
+        """Whether the model's output is next-token logits (an encoder's is hidden states)."""
+        return families.model_class(self.weights.config).outputs_logits
 
     @cached_property
     def streaming(self) -> bool:

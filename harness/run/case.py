@@ -24,13 +24,14 @@ from harness.data.dataset import BUNDLED_PATH
 from harness.iree.compiler import compiler_record
 from harness.numerics.tolerance import Policy, policy
 from harness.reference.eager import Reference, resident_bytes
+from harness.reference.families import model_class
 from harness.reference.registry import ModelSpec, resolve
 from harness.reference.weights import LoadedWeights
 from harness.reporting.records import versions
 from harness.run.config import RunConfig
 from harness.transforms import w8a8
 from harness.transforms.faults import Fault
-from harness.transforms.shard import check_tp
+from harness.transforms.shard import UnfitTP, check_tp
 
 
 class Case:
@@ -60,8 +61,15 @@ class Case:
 
     @cached_property
     def weights(self) -> LoadedWeights:
-        weights = self.spec.load_weights()
-        check_tp(weights.config, self.config.tp, self.config.name, quantization(self.config.dtype))
+        weights, cfg = self.spec.load_weights(), self.config
+        family = model_class(weights.config)
+        if family.DTYPES and cfg.dtype not in family.DTYPES:
+            raise HarnessError(f"--dtype {cfg.dtype}: the {family.family} family runs {', '.join(family.DTYPES)} "
+                               f"({cfg.name}; its quantized variants are not built)")
+        if not family.shardable and cfg.tp > 1:
+            raise UnfitTP(f"--tp {cfg.tp}: tensor parallelism is not built for the {family.family} family ({cfg.name})")
+        if family.shardable:
+            check_tp(weights.config, cfg.tp, cfg.name, quantization(cfg.dtype))
         if self.config.seq_len > weights.config.max_seq_len:
             raise HarnessError(f"--seq-len {self.config.seq_len}: {self.config.name} takes at most "
                                f"{weights.config.max_seq_len} tokens")
@@ -118,6 +126,9 @@ class Case:
     def unsupported(self, check: str) -> str | None:
         """Why this configuration cannot take `check`, or None: the candidate's reason, or for an export, that
         its batch sizes or stride leave the check nothing to compare (the check is then a recorded skip)."""
+        family = model_class(self.weights.config)
+        if family.CHECKS is not None and check not in family.CHECKS:
+            return f"{self.config.name} ({family.family} family): {family.WHY_NOT}"
         reason = self.candidate.unsupported(check)
         if not reason and check in SERVING_CHECKS and self.reference.streaming:
             reason = (f"the serving checks need the resident eager model, and {self.config.name}'s reference is "

@@ -7,7 +7,8 @@ from typing import Callable
 
 from harness.common.errors import HarnessError
 from harness.iree.targets import Target
-from harness.reference.registry import DEFAULT_MODELS
+from harness.reference.families import model_class
+from harness.reference.registry import DEFAULT_MODELS, REGISTRY
 from harness.run.config import RunConfig
 
 DEFAULT_DTYPES = ("fp32", "fp16", "bf16")
@@ -30,6 +31,7 @@ DEFAULT_MATRIX = (
     ("smollm2-135m", ("bf16",), (1,), ("end_to_end", "perplexity")),
     ("smollm2-135m", ("fp32",), (3,), ("end_to_end",)),
     ("toy-moe", ("fp32",), (1,), None), ("toy-moe", ("fp32",), (2,), CORE),
+    ("toy-t5", DEFAULT_DTYPES, (1,), ("end_to_end", "layers")),  # suites/t5: an encoder takes these two
 )
 
 
@@ -60,14 +62,23 @@ def target(get: Callable[[str], object]) -> Target:
                   attention=get("attention"), compiler=get("iree_compile"))
 
 
-def run_configs(get: Callable[[str], object], check: str | None = None) -> list[RunConfig]:
+def family(model: str) -> str:
+    """The family of a registered model (reference/families.py)."""
+    return model_class(REGISTRY[model].config).family
+
+
+def run_configs(get: Callable[[str], object], check: str | None = None,
+                family_name: str | None = None) -> list[RunConfig]:
     """The configuration matrix the options describe; `get(dest)` reads an option. With `check`
-    ("end_to_end", "layers", "perplexity"), the default matrix's entries that do not run it are left out."""
+    ("end_to_end", "layers", "perplexity"), the default matrix's entries that do not run it are left out; with
+    `family_name` (a family's suite, suites/<family>), its entries of other families. Models named by options run
+    in whatever suite is run (a check their family cannot take is a recorded skip)."""
     t = target(get)
     if get("artifact"):
         return artifact_configs(get, t)
     if get("model") is None and get("dtype") is None and get("tp") is None:
-        matrix = [entry for entry in DEFAULT_MATRIX if check is None or entry[3] is None or check in entry[3]]
+        matrix = [entry for entry in DEFAULT_MATRIX if (check is None or entry[3] is None or check in entry[3])
+                  and family_name in (None, family(entry[0]))]
     else:
         tps = []
         for tp in _csv(get("tp"), ("1",)):

@@ -38,7 +38,7 @@ or columns (same forward, same activation, so a planted op fault carries over) a
 between a block and its residual add. Sharded and unsharded models differ by float reassociation
 only: o_proj and down_proj add tp partial products.
 
-Interface: `Llama`'s, where the harness uses it (`config`, `embed`, `rope`, `layers[i](h, cos, sin,
+Interface: `Llama`'s, where the harness uses it (`config`, `embed`, `layer_args`, `layers[i](h, cos, sin,
 taps)`, `head`, `forward`, `embed_tokens.weight.dtype`); a layer takes and returns device 0's copy.
 Taps hold the unsharded model's values in its layout, so every sub-block compares element by element
 with the unsharded eager model: split values (q/k/v projections, RoPE outputs, attention, gate/up,
@@ -410,7 +410,7 @@ class ShardedLlama(nn.Module):
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.embed_tokens(tokens)
 
-    def rope(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def layer_args(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         return rope_tables(self.config, seq_len, self.embed_tokens.weight.dtype)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
@@ -419,7 +419,7 @@ class ShardedLlama(nn.Module):
     def forward(self, tokens: torch.Tensor, first: int = 0) -> torch.Tensor:
         """Logits, on device 0 and in the model's dtype, for positions `first`.. of `tokens`."""
         hs = [embed(t) for embed, t in zip(self.embed_replicas, replicate(tokens, self.tp))]
-        coss, sins = replicate_rope(*self.rope(tokens.shape[1]), hs[0].dtype, self.tp)
+        coss, sins = replicate_rope(*self.layer_args(tokens.shape[1]), hs[0].dtype, self.tp)
         for layer in self.layers:
             hs = layer.forward_replicated(hs, coss, sins)
         return self.head(hs[0][:, first:])

@@ -232,6 +232,24 @@ class DecoderLayer(nn.Module):
 
 
 class Llama(nn.Module):
+    """The family's model (reference/families.py): `embed`, `layers[i](h, *layer_args(seq_len), taps)`, `head`."""
+
+    family = "llama"
+    CHECKS = None  # every check
+    WHY_NOT = ""
+    outputs_logits = True
+    shardable = True  # at the TP sizes transforms/shard.py's check_tp allows
+    DTYPES = None  # every dtype and quantized variant
+    sub_blocks = staticmethod(sub_blocks)
+    sub_block_consumers = staticmethod(sub_block_consumers)
+
+    @staticmethod
+    def part_params(config: LlamaConfig, part: str) -> list[str]:
+        """Parameters outside `layers.<i>.` that part "embed", "head" or "layer" (every layer) reads: the head's
+        final norm and output projection (the embedding when tied)."""
+        head = ["norm.weight", "embed_tokens.weight" if config.tie_embeddings else "lm_head.weight"]
+        return {"embed": ["embed_tokens.weight"], "head": head, "layer": []}[part]
+
     def __init__(self, config: LlamaConfig):
         super().__init__()
         self.config = config
@@ -244,7 +262,9 @@ class Llama(nn.Module):
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.embed_tokens(tokens)
 
-    def rope(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def layer_args(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """What every layer takes besides its input (the family interface, reference/families.py): the RoPE
+        tables cos, sin."""
         return rope_tables(self.config, seq_len, self.embed_tokens.weight.dtype)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
@@ -257,7 +277,7 @@ class Llama(nn.Module):
         Perplexity scores only a window's later positions: the head (a fifth of SmolLM2's FLOPs at 512
         tokens) runs on those alone."""
         h = self.embed(tokens)
-        cos, sin = self.rope(tokens.shape[1])
+        cos, sin = self.layer_args(tokens.shape[1])
         for layer in self.layers:
             h = layer(h, cos, sin)
         return self.head(h[:, first:])

@@ -1,5 +1,5 @@
 """Model weights in one form, whatever file they come from: an fp32 state dict in the reference model's
-naming (Hugging Face LlamaForCausalLM names without "model."), which `Llama(config)` loads strictly.
+naming (for llama, Hugging Face LlamaForCausalLM names without "model."), which the family's model loads strictly.
 
 A state dict read from a file is lazy (`LazyTensors`): each tensor is read (from the memory-mapped file) and
 dequantized when asked for, and not kept, so that a model can be built one part at a time (eager.py's
@@ -14,8 +14,9 @@ from typing import Callable, Iterator, Mapping
 
 import torch
 
+from harness.reference import families
 from harness.reference.llama.config import LlamaConfig
-from harness.reference.llama.model import Llama
+from harness.reference.t5.config import T5Config
 
 
 class LazyTensors(Mapping[str, torch.Tensor]):
@@ -39,18 +40,18 @@ class LazyTensors(Mapping[str, torch.Tensor]):
 
 @dataclasses.dataclass
 class LoadedWeights:
-    config: LlamaConfig
+    config: LlamaConfig | T5Config
     state_dict: Mapping[str, torch.Tensor]  # fp32; LazyTensors when read from a file
     tensor_types: dict[str, str]  # name -> type as stored: GGUF type ("Q4_1", "F32") or safetensors dtype
     source: str  # the file or directory read
     sha256: str  # of the file(s) read, so a result can pin the exact weights
 
 
-def expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every parameter of `Llama(config)`; built on the meta device, so it costs
+def expected_shapes(config: LlamaConfig | T5Config) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every parameter of the family's model; built on the meta device, so it costs
     nothing even for a 405B shape and cannot drift from the model's definition."""
     with torch.device("meta"):
-        model = Llama(config)
+        model = families.build(config)
     return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
 

@@ -1,5 +1,6 @@
-"""Llama weights from a Hugging Face model directory: config.json plus model.safetensors, or shards
-listed in model.safetensors.index.json, each tensor read (memory-mapped) when it is asked for."""
+"""Llama (and Mixtral) or T5 v1.1 encoder weights from a Hugging Face model directory: config.json plus
+model.safetensors, or shards listed in model.safetensors.index.json, each tensor read (memory-mapped) when it is
+asked for."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from safetensors import safe_open
 
 from harness.common.errors import HarnessError
 from harness.reference.llama.config import LlamaConfig, RopeScaling
+from harness.reference.t5 import checkpoint as t5_checkpoint
+from harness.reference.t5.config import T5Config
 from harness.reference.weights import LazyTensors, LoadedWeights, expected_shapes, sha256_files
 
 # Seconds to wait for the Hub's first answer, so that a machine without network fails promptly.
@@ -51,12 +54,11 @@ def load_hf_dir(path: str | Path) -> LoadedWeights:
     for file in files:
         with safe_open(file, framework="pt") as st:
             for key in st.keys():
-                name = key.removeprefix("model.")
-                tied_head = name == "lm_head.weight" and config.tie_embeddings
-                if tied_head or name.endswith("rotary_emb.inv_freq"):
-                    continue  # the embedding / derived from the config: not parameters of their own
+                name = _checkpoint_name(key, config)
+                if name is None:
+                    continue
                 if name not in shapes:
-                    raise HarnessError(f"{file}: unexpected tensor {key} for a Llama model")
+                    raise HarnessError(f"{file}: unexpected tensor {key} for a {config_type(config)} model")
                 stored = st.get_slice(key)
                 if stored.get_dtype() not in ("F32", "F16", "BF16"):
                     raise HarnessError(f"{file}: tensor {key} has dtype {stored.get_dtype()} (supported: F32, F16, "
@@ -76,14 +78,29 @@ def load_hf_dir(path: str | Path) -> LoadedWeights:
                          sha256=sha256_files([path / "config.json", *files]))
 
 
-def _checkpoint_parts(config: LlamaConfig) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
+def config_type(config: LlamaConfig | T5Config) -> str:
+    return "T5 encoder" if isinstance(config, T5Config) else "Mixtral" if config.n_experts else "Llama"
+
+
+def _checkpoint_name(key: str, config: LlamaConfig | T5Config) -> str | None:
+    """The name a checkpoint tensor goes by in `_checkpoint_parts`; None for one that is not a parameter of the
+    model (a tied head, which is the embedding; RoPE frequencies, derived from the config; T5's decoder)."""
+    if isinstance(config, T5Config):
+        return t5_checkpoint.parameter_name(key)
+    name = key.removeprefix("model.")
+    if (name == "lm_head.weight" and config.tie_embeddings) or name.endswith("rotary_emb.inv_freq"):
+        return None
+    return name
+
+
+def _checkpoint_parts(config: LlamaConfig | T5Config) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
     """Each parameter's checkpoint tensors (names without "model.", with their shapes): itself, or for a Mixtral's
     stacked experts each expert's w1 and w3 (gate_up_proj: gate rows, then up rows) or w2 (down_proj), and its
     router under block_sparse_moe, as Mixtral checkpoints store them."""
     parts = {}
     for name, shape in expected_shapes(config).items():
         layer, _, what = name.partition(".mlp.")
-        if not config.n_experts or not what:
+        if isinstance(config, T5Config) or not config.n_experts or not what:
             parts[name] = [(name, shape)]
         elif what == "gate.weight":
             parts[name] = [(f"{layer}.block_sparse_moe.gate.weight", shape)]
@@ -136,8 +153,10 @@ def _json(file: Path) -> dict:
         raise HarnessError(f"{file}: unreadable JSON: {' '.join(str(e).split())}")
 
 
-def _config(file: Path) -> LlamaConfig:
+def _config(file: Path) -> LlamaConfig | T5Config:
     c = _json(file)
+    if c.get("model_type") == "t5":
+        return t5_checkpoint.config_from_hf(c, file)
 
     def need(key: str):
         if key not in c:
@@ -145,7 +164,7 @@ def _config(file: Path) -> LlamaConfig:
         return c[key]
 
     if need("model_type") not in ("llama", "mixtral"):
-        raise HarnessError(f"{file}: model_type is {c['model_type']!r}, only 'llama' and 'mixtral' are supported")
+        raise HarnessError(f"{file}: model_type is {c['model_type']!r}, only 'llama', 'mixtral' and 't5' (the v1.1 encoder) are supported")
     if c.get("sliding_window"):
         raise HarnessError(f"{file}: sliding_window {c['sliding_window']} (sliding-window attention is not supported)")
     for key, value in (("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False)):
