@@ -42,7 +42,7 @@ def _fixed_cell(fixed: dict | None) -> str:
         return ""
 
     def one(v: dict) -> str:
-        return MARK["passed"] if v["passed"] else f"{MARK['failed']} {v['worst']:.3g}x, {v['over']:.1%} over"
+        return MARK["passed"] if v["passed"] else f"{MARK['failed']} {v['worst']:.3g}x, {100 * v['over']:.3g}% over"
     return f"{one(fixed['vs_eager'])} · {one(fixed['vs_eager_fp32'])}"
 
 
