@@ -6,7 +6,7 @@ Every test that takes a `run_config` argument is parametrized over --model x --d
 of them given, the default matrix of harness/run/matrix.py, whose entries name the checks they run:
 `test_<check>`, and whose models' family is the suite's: suites/<family>/, llama for a test elsewhere); its id names the configuration (e.g. `smollm2-135m-bf16-tp1`). Fixtures: `case` (the
 configuration's reference, candidate, inputs and policy, run/case.py), `write_record`, `run_dir`,
-`conclude` (how a check ends under the expected failures) and `golden_dir`. Records go to
+`conclude` (how a check ends under the expected failures), `golden_dir` and `nightly`. Records go to
 `<report-dir>/<run>/records.jsonl`, and `summary.md` is written when the session ends (by the controller
 alone under pytest-xdist).
 """
@@ -109,6 +109,12 @@ def pytest_collection_finish(session):
 @pytest.fixture(scope="session")
 def run_dir(pytestconfig) -> Path:
     return pytestconfig.harness_run_dir
+
+
+@pytest.fixture(scope="session")
+def nightly(pytestconfig) -> bool:
+    """Whether this is the nightly tier (--nightly): longer decodes, batches and generations, every check."""
+    return pytestconfig.getoption("nightly")
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ from harness.iree.targets import Target
 from harness.numerics import metrics
 from harness.numerics.tolerance import policy
 from harness.reference.eager import Reference
+from harness.reference.families import FAMILIES
 from harness.reference.registry import resolve
 from harness.reference.t5 import checkpoint
 from harness.reference.t5.config import TOY_T5
@@ -135,12 +136,17 @@ def test_what_the_family_cannot_take_is_refused_in_one_line():
 
 
 def test_each_suite_runs_its_familys_default_configurations():
+    """The families' default configurations partition the default matrix: each runs in its own suite."""
     defaults = vars(cli.parser().parse_args(["run"]))
+    checks = ("end_to_end", "layers", "perplexity")
     ids = {(family, check): {c.id for c in matrix.run_configs(lambda d: defaults[d], check, family)}
-           for family in ("llama", "t5") for check in ("end_to_end", "layers", "perplexity")}
+           for family in (*FAMILIES, None) for check in checks}
     assert ids["t5", "end_to_end"] == ids["t5", "layers"] == {f"toy-t5-{d}-tp1" for d in ("fp32", "fp16", "bf16")}
     assert not ids["t5", "perplexity"]
-    assert not any("t5" in c for check in ("end_to_end", "layers", "perplexity") for c in ids["llama", check])
+    assert ids["mixtral", "end_to_end"] == {"toy-moe-fp32-tp1", "toy-moe-fp32-tp2"}
+    for check in checks:
+        families = [ids[f, check] for f in FAMILIES]
+        assert set().union(*families) == ids[None, check] and sum(map(len, families)) == len(ids[None, check])
 
 
 def test_the_fixed_tolerance_verdict_is_allcloses():

@@ -1,7 +1,8 @@
 """The reference model families, by their config type: each family's model class says what the rest of the harness
 needs of its architecture (the interface `embed`, `layers[i](h, *layer_args(seq_len), taps)`, `head`, `forward`;
 its sub-blocks and where they flow; the parameters each part reads; the checks, dtypes and TP sizes it takes).
-A family is a folder of reference/ (llama/, t5/), a line here and its suite (suites/<family>/)."""
+A family is a folder of reference/ (llama/, t5/), a line here and its suite (suites/<family>/); Mixtral is the
+llama folder's decoder with a mixture of experts, in its own suite."""
 
 from __future__ import annotations
 
@@ -13,11 +14,16 @@ from harness.reference.t5.config import T5Config
 from harness.reference.t5.model import T5Encoder
 
 MODELS: dict[type, type[nn.Module]] = {LlamaConfig: Llama, T5Config: T5Encoder}
-FAMILIES = tuple(m.family for m in MODELS.values())
+FAMILIES = ("llama", "mixtral", "t5")  # each model class's `family(config)`, each a suite: suites/<family>
 
 
 def model_class(config) -> type[nn.Module]:
     return MODELS[type(config)]
+
+
+def family(config) -> str:
+    """The family of a model: its suite (a Llama with experts is Mixtral)."""
+    return model_class(config).family(config)
 
 
 def build(config) -> nn.Module:

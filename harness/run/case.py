@@ -24,6 +24,7 @@ from harness.data.dataset import BUNDLED_PATH
 from harness.iree.compiler import compiler_record
 from harness.numerics.tolerance import Policy, policy
 from harness.reference.eager import Reference, resident_bytes
+from harness.reference.families import family as family_name
 from harness.reference.families import model_class
 from harness.reference.registry import ModelSpec, resolve
 from harness.reference.weights import LoadedWeights
@@ -62,12 +63,12 @@ class Case:
     @cached_property
     def weights(self) -> LoadedWeights:
         weights, cfg = self.spec.load_weights(), self.config
-        family = model_class(weights.config)
+        family, name = model_class(weights.config), family_name(weights.config)
         if family.DTYPES and cfg.dtype not in family.DTYPES:
-            raise HarnessError(f"--dtype {cfg.dtype}: the {family.family} family runs {', '.join(family.DTYPES)} "
+            raise HarnessError(f"--dtype {cfg.dtype}: the {name} family runs {', '.join(family.DTYPES)} "
                                f"({cfg.name}; its quantized variants are not built)")
         if not family.shardable and cfg.tp > 1:
-            raise UnfitTP(f"--tp {cfg.tp}: tensor parallelism is not built for the {family.family} family ({cfg.name})")
+            raise UnfitTP(f"--tp {cfg.tp}: tensor parallelism is not built for the {name} family ({cfg.name})")
         if family.shardable:
             check_tp(weights.config, cfg.tp, cfg.name, quantization(cfg.dtype))
         if self.config.seq_len > weights.config.max_seq_len:
@@ -128,7 +129,7 @@ class Case:
         its batch sizes or stride leave the check nothing to compare (the check is then a recorded skip)."""
         family = model_class(self.weights.config)
         if family.CHECKS is not None and check not in family.CHECKS:
-            return f"{self.config.name} ({family.family} family): {family.WHY_NOT}"
+            return f"{self.config.name} ({family_name(self.weights.config)} family): {family.WHY_NOT}"
         reason = self.candidate.unsupported(check)
         if not reason and check in SERVING_CHECKS and self.reference.streaming:
             reason = (f"the serving checks need the resident eager model, and {self.config.name}'s reference is "

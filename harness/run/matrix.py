@@ -7,7 +7,7 @@ from typing import Callable
 
 from harness.common.errors import HarnessError
 from harness.iree.targets import Target
-from harness.reference.families import model_class
+from harness.reference import families
 from harness.reference.registry import DEFAULT_MODELS, REGISTRY
 from harness.run.config import RunConfig
 
@@ -64,7 +64,7 @@ def target(get: Callable[[str], object]) -> Target:
 
 def family(model: str) -> str:
     """The family of a registered model (reference/families.py)."""
-    return model_class(REGISTRY[model].config).family
+    return families.family(REGISTRY[model].config)
 
 
 def run_configs(get: Callable[[str], object], check: str | None = None,

@@ -234,7 +234,6 @@ class DecoderLayer(nn.Module):
 class Llama(nn.Module):
     """The family's model (reference/families.py): `embed`, `layers[i](h, *layer_args(seq_len), taps)`, `head`."""
 
-    family = "llama"
     CHECKS = None  # every check
     WHY_NOT = ""
     outputs_logits = True
@@ -242,6 +241,10 @@ class Llama(nn.Module):
     DTYPES = None  # every dtype and quantized variant
     sub_blocks = staticmethod(sub_blocks)
     sub_block_consumers = staticmethod(sub_block_consumers)
+
+    @staticmethod
+    def family(config: LlamaConfig) -> str:
+        return "mixtral" if config.n_experts else "llama"
 
     @staticmethod
     def part_params(config: LlamaConfig, part: str) -> list[str]:

@@ -116,7 +116,6 @@ class EncoderLayer(nn.Module):
 class T5Encoder(nn.Module):
     """The family's model: `embed`, `layers[i](h, *layer_args(seq_len), taps)` and `head` (the final norm)."""
 
-    family = "t5"
     CHECKS = ("end_to_end", "layers", "bisect")
     WHY_NOT = "an encoder outputs hidden states, not next-token logits: no perplexity, and no KV cache to serve"
     outputs_logits = False
@@ -130,6 +129,10 @@ class T5Encoder(nn.Module):
         self.relative_attention_bias = nn.Embedding(config.num_buckets, config.n_heads)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
+
+    @staticmethod
+    def family(config: T5Config) -> str:
+        return "t5"
 
     @staticmethod
     def sub_blocks(config: T5Config) -> tuple[str, ...]:
