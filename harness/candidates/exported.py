@@ -21,7 +21,7 @@ from harness.iree.export import export_program
 from harness.iree.runtime import CompiledModule
 from harness.iree.targets import FP8_DECODE, Target
 from harness.reference.eager import Variant
-from harness.reference.families import sub_blocks
+from harness.reference.families import model_class, sub_blocks
 from harness.reference.llama.config import LlamaConfig
 from harness.reference.llama.paged import ServingShape, cache_dtype
 from harness.reporting.records import versions
@@ -194,9 +194,10 @@ class ExportedCandidate:
             params_key = digest(code, self.variant.weights.sha256, dtype, str(tp), weight_fault, str(versions()))
             with self.stages.timed("export", stage_label) as st:
                 exported = export_program(model, entries, program_key, params_key, self.command,
-                                          mutates_inputs=program.startswith("serving"))
+                                          mutates_inputs=program.startswith("serving"),
+                                          decompositions=model_class(config).EXPORT_DECOMPOSITIONS)
                 st.seconds, st.cached = exported.seconds, exported.cached
-            flags = self.target.compile_flags(tp, program)
+            flags = self.target.compile_flags(tp, program, model_class(config).COMPILE_FLAGS)
             with self.stages.timed("compile", stage_label) as st:
                 vmfb, st.seconds, st.cached = compile_module(exported.mlir, flags, self.target.compiler)
             with self.stages.timed("run", stage_label):

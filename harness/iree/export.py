@@ -59,12 +59,13 @@ def _linear_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
 
 
 def export_program(build: Callable[[], torch.nn.Module], entries: list[Entry], program_key: str, params_key: str,
-                   reproducer: str, mutates_inputs: bool = False) -> Exported:
+                   reproducer: str, mutates_inputs: bool = False, decompositions: dict | None = None) -> Exported:
     """Export `entries` of the module `build()` makes (only when something is not cached: the model is not built
     for a cached program), reusing the cached program (`program_key`: code, shapes, dtype)
     and parameter archive (`params_key`: the weights as well). `mutates_inputs`: an entry updates an
     argument in place (the paged cache), which only torch.export's decomposition pass functionalizes (into
-    an overwrite of the argument that IREE performs in place)."""
+    an overwrite of the argument that IREE performs in place). `decompositions`: ops the model's family needs
+    rewritten before IREE sees them (then every program is re-traced through them)."""
     mlir = cache_dir("exports") / f"{program_key}.mlir"
     irpa = cache_dir("params") / f"{params_key}.irpa"
     if mlir.exists() and irpa.exists():
@@ -79,9 +80,12 @@ def export_program(build: Callable[[], torch.nn.Module], entries: list[Entry], p
             # program through run_decompositions: half the export time (SmolLM2 forward 18 s -> 9 s), and
             # the compiler lowers these models' ops itself (the same logits to the last bit). A program that
             # mutates its inputs needs that pass, and gets its linears folded to 2-d on the way (_linear_2d).
-            with extend_aot_decompositions(from_current=mutates_inputs) as table:
+            # Traced without grad: transformers' models switch it off inside (their rotary tables), which in a
+            # trace with grad on becomes a higher-order op the importer lacks (wrap_with_set_grad_enabled).
+            with extend_aot_decompositions(from_current=mutates_inputs) as table, torch.no_grad():
                 if mutates_inputs:
                     table[torch.ops.aten.linear.default] = _linear_2d
+                table.update(decompositions or {})
                 for entry in entries:
                     arg_device = {i: DeviceAffinity(d) for i, d in (entry.arg_device or {}).items()} or None
                     builder.export_program(entry.fn, name=entry.name, args=entry.args, strict=False,

@@ -133,7 +133,8 @@ class Target:
                 f"--iree-hal-target-device={self.hal_target_device} (expected a "
                 f"{' or '.join(TARGET_DRIVERS[self.hal_target_device])} device)")
 
-    def compile_flags(self, n_devices: int = 1, program: str = "forward") -> list[str]:
+    def compile_flags(self, n_devices: int = 1, program: str = "forward", family: dict | None = None) -> list[str]:
+        """`family`: flags a model family adds for each target device (its model class's COMPILE_FLAGS)."""
         if n_devices == 1:
             devices = [f"--iree-hal-target-device={self.hal_target_device}"]
         else:
@@ -146,6 +147,7 @@ class Target:
             flags += SERVING_FLAGS[self.hal_target_device] + (SHARDED_SERVING_FLAGS if n_devices > 1 else [])
         if program == "serving_layers":
             flags += BISECT_DECODE_FLAGS[self.hal_target_device]
+        flags += (family or {}).get(self.hal_target_device, [])
         return devices + [f for f in flags if not f.endswith("=")] + list(self.extra_flags)
 
     def compiler_key(self) -> dict:

@@ -24,7 +24,6 @@ import torch
 from harness.common.dtypes import quantization, torch_dtype
 from harness.common.errors import HarnessError
 from harness.reference import families
-from harness.reference.llama.attention import ATTENTION
 from harness.reference.llama.paged import ServingShape
 from harness.reference.precision import emulate
 from harness.reference.tokenizer import Tokenizer
@@ -67,9 +66,8 @@ class Variant:
         dtype, names = self.torch_dtype, part_names(self.weights.config, part)
         model.load_state_dict({k: self.weights.state_dict[k].to(dtype) for k in names}, assign=True,
                               strict=part is None)
-        for attention in (layer.self_attn for layer in model.layers):
-            if hasattr(attention, "attend"):  # llama's formulations (attention.IMPLS); T5's attention has one
-                attention.attend = ATTENTION[self.attention]
+        if hasattr(model, "use_attention"):  # llama's formulations; T5's and transformers' attention is as written
+            model.use_attention(self.attention)
         if quantized and self.quant in w8a8.SCHEMES:
             w8a8.quantize_w8a8(model, self.quant, self.calibration, fp8_decode)
         elif quantized and self.quant:
@@ -315,7 +313,7 @@ class Reference:
             return torch.float64, "oracle-fp64", None
         if v.torch_dtype == torch.float32:
             return None, "eager", None
-        if self.mode == "native":
+        if self.mode == "native" or not families.model_class(self.weights.config).emulatable:
             return None, "eager-native", None
         return torch.float32, "eager-emulated", v.torch_dtype
 

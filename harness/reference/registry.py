@@ -14,6 +14,7 @@ import torch
 from harness.common.cache import digest
 from harness.common.errors import HarnessError
 from harness.reference import families, hf
+from harness.reference.hfauto.archs import ARCHS
 from harness.reference.llama import config as shapes
 from harness.reference.llama.config import LlamaConfig
 from harness.reference.t5.config import TOY_T5, T5Config
@@ -45,8 +46,10 @@ def random_weights(config: LlamaConfig | T5Config, seed: int) -> LoadedWeights:
     gen = torch.Generator().manual_seed(seed)
     state = {}
     for name, param in families.build(config).state_dict().items():
-        if name.endswith("norm.weight"):
+        if name.endswith("norm.weight") or (param.dim() == 1 and name.endswith(".weight")):  # norms' gains
             state[name] = 1 + 0.1 * torch.randn(param.shape, generator=gen)
+        elif name.endswith(".bias"):
+            state[name] = 0.1 * torch.randn(param.shape, generator=gen)
         elif name == "embed_tokens.weight":
             state[name] = torch.randn(param.shape, generator=gen)
         else:
@@ -74,6 +77,7 @@ REGISTRY: dict[str, ModelSpec] = {
     "toy-tp8": ModelSpec("toy-tp8", shapes.TOY_TP8, lambda: random_weights(shapes.TOY_TP8, seed=2)),
     "toy-moe": ModelSpec("toy-moe", shapes.TOY_MOE, lambda: random_weights(shapes.TOY_MOE, seed=3)),
     "toy-t5": ModelSpec("toy-t5", TOY_T5, lambda: random_weights(TOY_T5, seed=4)),
+    **{f"hf-{arch}": ModelSpec(f"hf-{arch}", c, lambda c=c: random_weights(c, seed=5)) for arch, c in ARCHS.items()},
     "smollm2-135m": ModelSpec("smollm2-135m", shapes.SMOLLM2_135M, **_gguf(shipped_smollm2_gguf)),
     **{
         name: ModelSpec(name, shape, **_hf(hf_id))

@@ -237,8 +237,11 @@ class Llama(nn.Module):
     CHECKS = None  # every check
     WHY_NOT = ""
     outputs_logits = True
+    emulatable = True  # fp16 / bf16 emulated by rounding every op (precision.py; its fp32 parts marked)
     shardable = True  # at the TP sizes transforms/shard.py's check_tp allows
     DTYPES = None  # every dtype and quantized variant
+    EXPORT_DECOMPOSITIONS = None  # written as IREE lowers it
+    COMPILE_FLAGS = None  # the target's
     sub_blocks = staticmethod(sub_blocks)
     sub_block_consumers = staticmethod(sub_block_consumers)
 
@@ -261,6 +264,11 @@ class Llama(nn.Module):
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.dim, config.vocab_size, bias=False)
         self.paged_defects: dict[int, str] = {}  # layer -> paged.DEFECTS entry planted there (faults.py)
+
+    def use_attention(self, impl: str) -> None:
+        """Every layer's attention formulation (attention.IMPLS)."""
+        for layer in self.layers:
+            layer.self_attn.attend = ATTENTION[impl]
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.embed_tokens(tokens)

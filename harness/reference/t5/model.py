@@ -119,8 +119,11 @@ class T5Encoder(nn.Module):
     CHECKS = ("end_to_end", "layers", "bisect")
     WHY_NOT = "an encoder outputs hidden states, not next-token logits: no perplexity, and no KV cache to serve"
     outputs_logits = False
+    emulatable = True  # fp16 / bf16 emulated by rounding every op (its fp32 norm statistics marked)
     shardable = False  # tensor parallelism is not built for it
     DTYPES = ("fp32", "fp16", "bf16")  # its quantized variants are not built
+    EXPORT_DECOMPOSITIONS = None  # written as IREE lowers it
+    COMPILE_FLAGS = None  # the target's
 
     def __init__(self, config: T5Config):
         super().__init__()

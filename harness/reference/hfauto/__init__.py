@@ -1,0 +1,1 @@
+"""The Hugging Face family: any transformers causal LM as the reference, as transformers writes it (config, model)."""

@@ -1,0 +1,53 @@
+"""A transformers architecture as the harness names it: the model type and the options of its config class (a
+tiny seeded toy's, or a checkpoint's config.json)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from functools import cached_property
+
+
+@dataclasses.dataclass(frozen=True)
+class HFConfig:
+    arch: str  # the harness's name for it, e.g. "bloom"
+    model_type: str  # transformers' (AutoConfig.for_model)
+    options_json: str  # the config class's options, JSON (hashable, and what the cache keys digest)
+    attention: str = "eager"  # attn_implementation: "eager" (matmuls, softmax; "sdpa" passes a boolean mask, README Findings)
+
+    @classmethod
+    def of(cls, arch: str, model_type: str, attention: str = "eager", **options) -> "HFConfig":
+        return cls(arch, model_type, json.dumps(options, sort_keys=True), attention)
+
+    @cached_property
+    def options(self) -> dict:
+        return json.loads(self.options_json)
+
+    def hf_config(self):
+        from transformers import AutoConfig
+
+        return AutoConfig.for_model(self.model_type, **self.options)
+
+    @cached_property
+    def _hf(self):
+        return self.hf_config()
+
+    # What the harness reads of any family's config.
+    @property
+    def vocab_size(self) -> int:
+        return self._hf.vocab_size
+
+    @property
+    def dim(self) -> int:
+        return self._hf.hidden_size
+
+    @property
+    def n_layers(self) -> int:
+        return self._hf.num_hidden_layers
+
+    @property
+    def max_seq_len(self) -> int:
+        return getattr(self._hf, "max_position_embeddings", None) or getattr(self._hf, "n_positions", 2048)
+
+    def to_dict(self) -> dict:
+        return {"arch": self.arch, "model_type": self.model_type, "options": self.options, "attention": self.attention}
