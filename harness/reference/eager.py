@@ -290,6 +290,11 @@ class Reference:
 
     @cached_property
     def streaming(self) -> bool:
+        if not families.model_class(self.weights.config).streams_parts:
+            if self.memory == "streaming":
+                raise HarnessError(f"--eager-memory streaming: {self.name}'s family builds the whole model (its parts "
+                                   "are not built one at a time)")
+            return False
         return self.memory == "streaming" or (
             self.memory == "auto" and resident_bytes(self.weights.config) > RESIDENT_SHARE * machine_bytes())
 
@@ -331,9 +336,12 @@ class Reference:
     def oracle(self) -> EagerModel:
         return self._model(self.variant, *self._spec("oracle"))
 
-    def parts(self, which: str) -> StreamingParts:
+    def parts(self, which: str) -> EagerParts:
         """The parts of `which` ("eager" or "oracle") built one at a time from the weights (StreamingParts: what
-        the layer check and bisection use, so they never hold the whole model)."""
+        the layer check and bisection use, so they never hold the whole model), or for a family whose parts are
+        not built alone (a transformers model), the resident model's."""
+        if not families.model_class(self.weights.config).streams_parts:
+            return (self.eager if which == "eager" else self.oracle).parts()
         return StreamingParts(self.variant, *self._spec(which))
 
     @cached_property

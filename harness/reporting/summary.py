@@ -185,6 +185,38 @@ def model_matrix(recs: list[dict]) -> tuple[list[str], list[list]]:
              "KLD vs fp32", "Top-1 vs fp32"], sorted(rows))
 
 
+def _check_cell(rec: dict | None, expected: set) -> str:
+    """One check of one configuration in the model x dtype matrix: its ratio to the budget (the worst part's for
+    layers), or the failed stage and its first line; marked where an expected-failure entry covers it."""
+    if rec is None:
+        return "-"
+    if rec.get("failure"):
+        cell = rec["failure"]["message"].splitlines()[0][:72]  # "<stage> failed: <first error line>"
+        passed = False
+    elif rec["kind"] == "layers":
+        cell, passed = f"{max(p['ratio'] for p in rec['parts']):.2f}", rec["passed"]
+    else:
+        cell, passed = f"{rec['verdict']['ratio']:.2f}", rec["verdict"]["passed"]
+    mark = (MARK["passed"] if passed else MARK["expected"] if (rec["config"], rec["kind"]) in expected
+            else MARK["failed"])
+    return f"{mark} {cell}"
+
+
+def dtype_matrix(recs: list[dict]) -> tuple[list[str], list[list]]:
+    """Model by dtype at TP 1, as model-support tables show it: each cell the end-to-end and the worst layer's
+    error / budget, or the stage that failed."""
+    checks = {(r["config"], r["kind"]): r for r in recs if r["kind"] in ("end_to_end", "layers") and r.get("tp") == 1}
+    expected = {(r["config"], r["check"]) for r in recs if r["kind"] == "expected_failure"}
+    cells = {(r["model"], r["dtype"]): r["config"] for r in checks.values()}
+    plain = ("fp32", "fp16", "bf16")
+    dtypes = sorted({d for _, d in cells}, key=lambda d: (plain.index(d) if d in plain else len(plain), d))
+    rows = [[model, *(" / ".join(_check_cell(checks.get((cells[model, d], k)), expected)
+                                 for k in ("end_to_end", "layers")) if (model, d) in cells else ""
+                      for d in dtypes)]
+            for model in sorted({m for m, _ in cells})]
+    return ["Model", *dtypes], rows if len(rows) > 1 else []
+
+
 def bisect_table(recs: list[dict]) -> tuple[list[str], list[list]]:
     rows = [[rec["config"], rec.get("fault") or "", rec["layer"] or "none", rec["sub_block"] or "",
              rec["compiles"], rec["invocations"], f"{rec['timings']['wall_s']:.1f}s"]
@@ -228,6 +260,7 @@ def sections(recs: list[dict]) -> list[tuple[str, tuple[list[str], list[list]]]]
     """The tables of a run that have rows, titled."""
     out = [("Model matrix (dPPL, KLD, top-1: the dtype's or quantization's own cost, eager vs eager fp32, "
             "same windows)", model_matrix(recs)),
+           ("Model x dtype (end to end / worst layer, error / budget; or the failed stage)", dtype_matrix(recs)),
            ("End to end: IREE-compiled vs eager PyTorch (same dtype), judged against an fp64 oracle",
             end_to_end_table(recs)),
            ("Layer by layer (error / budget; isolated: eager inputs, propagated: compiled chain)", layers_table(recs)),

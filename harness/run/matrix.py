@@ -8,6 +8,7 @@ from typing import Callable
 from harness.common.errors import HarnessError
 from harness.iree.targets import Target
 from harness.reference import families
+from harness.reference.hfauto.archs import ARCHS
 from harness.reference.registry import DEFAULT_MODELS, REGISTRY
 from harness.run.config import RunConfig
 
@@ -32,7 +33,13 @@ DEFAULT_MATRIX = (
     ("smollm2-135m", ("fp32",), (3,), ("end_to_end",)),
     ("toy-moe", ("fp32",), (1,), None), ("toy-moe", ("fp32",), (2,), CORE),
     ("toy-t5", DEFAULT_DTYPES, (1,), ("end_to_end", "layers")),  # suites/t5: an encoder takes these two
+    # suites/hf: every transformers architecture in fp32 end to end and layer by layer, and in bf16 end to end
+    # (~5 s a check on 2 cores); the nightly tier adds bf16 layer by layer and fp16.
+    *((f"hf-{arch}", ("fp32",), (1,), ("end_to_end", "layers")) for arch in ARCHS),
+    *((f"hf-{arch}", ("bf16",), (1,), ("end_to_end",)) for arch in ARCHS),
 )
+# What the nightly tier adds: the rest of the architectures' dtype matrix.
+NIGHTLY_MATRIX = tuple((f"hf-{arch}", ("fp16",), (1,), None) for arch in ARCHS)
 
 
 def _csv(values: list[str] | None, default: tuple[str, ...]) -> list[str]:
@@ -77,7 +84,8 @@ def run_configs(get: Callable[[str], object], check: str | None = None,
     if get("artifact"):
         return artifact_configs(get, t)
     if get("model") is None and get("dtype") is None and get("tp") is None:
-        matrix = [entry for entry in DEFAULT_MATRIX if (check is None or entry[3] is None or check in entry[3])
+        entries = DEFAULT_MATRIX + (NIGHTLY_MATRIX if check is None else ())  # check None: the nightly tier
+        matrix = [entry for entry in entries if (check is None or entry[3] is None or check in entry[3])
                   and family_name in (None, family(entry[0]))]
     else:
         tps = []

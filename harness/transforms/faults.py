@@ -7,6 +7,9 @@ import dataclasses
 
 import torch.nn.functional as F
 
+from torch import nn
+
+from harness.reference.hfauto.model import HFModel
 from harness.reference.llama.model import Llama
 from harness.reference.llama.paged import DEFECTS
 
@@ -55,13 +58,22 @@ def fault_param(sub_block: str) -> str:
     return SUB_BLOCK_PARAMS[sub_block]
 
 
+def fault_parameter(model: nn.Module, fault: Fault) -> nn.Parameter:
+    """The parameter a weight fault perturbs: for a transformers model (HFModel), the first matrix of the block's
+    child named by the sub-block; otherwise fault_param's."""
+    if isinstance(model, HFModel):
+        child = model.blocks[fault.layer].get_submodule(fault.sub_block)
+        return next(p for p in child.parameters() if p.dim() == 2)
+    return model.layers[fault.layer].get_parameter(fault_param(fault.sub_block))
+
+
 def plant_fault(model: Llama, fault: Fault | None) -> Llama:
     """`model` with `fault` planted (none: as it is)."""
     if fault is None:
         return model
     layer = model.layers[fault.layer]
     if fault.kind == "weight":
-        param = layer.get_parameter(fault_param(fault.sub_block))
+        param = fault_parameter(model, fault)
         data = param.data.clone()  # a new tensor: the parameter may share the loaded weights' storage
         where = (slice(None) if fault.row is None else fault.row,) + (() if fault.col is None else (fault.col,))
         data[where] = data[where] * fault.scale if fault.value is None else fault.value

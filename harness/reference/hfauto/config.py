@@ -13,11 +13,14 @@ class HFConfig:
     arch: str  # the harness's name for it, e.g. "bloom"
     model_type: str  # transformers' (AutoConfig.for_model)
     options_json: str  # the config class's options, JSON (hashable, and what the cache keys digest)
-    attention: str = "eager"  # attn_implementation: "eager" (matmuls, softmax; "sdpa" passes a boolean mask, README Findings)
+    # attn_implementation: "eager" (matmuls and a softmax; IREE 3.9 mislowers transformers' "sdpa": README Findings)
+    attention: str = "eager"
+    experts: str | None = None  # experts_implementation of a mixture of experts
 
     @classmethod
-    def of(cls, arch: str, model_type: str, attention: str = "eager", **options) -> "HFConfig":
-        return cls(arch, model_type, json.dumps(options, sort_keys=True), attention)
+    def of(cls, arch: str, model_type: str, attention: str = "eager", experts: str | None = None,
+           **options) -> "HFConfig":
+        return cls(arch, model_type, json.dumps(options, sort_keys=True), attention, experts)
 
     @cached_property
     def options(self) -> dict:
@@ -50,4 +53,5 @@ class HFConfig:
         return getattr(self._hf, "max_position_embeddings", None) or getattr(self._hf, "n_positions", 2048)
 
     def to_dict(self) -> dict:
-        return {"arch": self.arch, "model_type": self.model_type, "options": self.options, "attention": self.attention}
+        return {"arch": self.arch, "model_type": self.model_type, "options": self.options, "attention": self.attention,
+                "experts": self.experts}

@@ -65,7 +65,9 @@ def _transformers_model(config: HFConfig) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     with torch.device("cpu"):  # real buffers (rotary tables, masks) even where the caller builds on the meta device
-        return AutoModelForCausalLM.from_config(config.hf_config(), attn_implementation=config.attention).eval()
+        experts = {"experts_implementation": config.experts} if config.experts else {}
+        return AutoModelForCausalLM.from_config(config.hf_config(), attn_implementation=config.attention,
+                                                **experts).eval()
 
 
 @functools.cache
@@ -163,9 +165,11 @@ class HFModel(nn.Module):
     outputs_logits = True
     shardable = False  # tensor parallelism is not built for it
     emulatable = False  # runs fp16 / bf16 natively (module docstring)
+    streams_parts = False  # transformers builds the whole model: the layer check uses the resident one
     DTYPES = ("fp32", "fp16", "bf16")
-    # What transformers' masks use and IREE 3.9 does not lower: `&` of boolean masks, aten.diff (README Findings).
-    EXPORT_DECOMPOSITIONS = {torch.ops.aten.__and__.Tensor: torch.logical_and, torch.ops.aten.diff.default: _diff}
+    # What transformers' masks use and IREE 3.9 does not lower: `&` and `|` of boolean masks, aten.diff (Findings).
+    EXPORT_DECOMPOSITIONS = {torch.ops.aten.__and__.Tensor: torch.logical_and,
+                             torch.ops.aten.__or__.Tensor: torch.logical_or, torch.ops.aten.diff.default: _diff}
     COMPILE_FLAGS = None  # the target's
 
     def __init__(self, config: HFConfig):
@@ -186,13 +190,6 @@ class HFModel(nn.Module):
         """Unknown in general: every later sub-block is taken to consume each one."""
         names = structure(config).sub_blocks
         return {name: names[i + 1:] for i, name in enumerate(names)}
-
-    @staticmethod
-    def part_params(config: HFConfig, part: str) -> list[str]:
-        """Every parameter: transformers' parts are not built one at a time (a whole model per part)."""
-        from harness.reference.weights import expected_shapes
-
-        return list(expected_shapes(config))
 
     @property
     def blocks(self) -> nn.ModuleList:

@@ -238,6 +238,7 @@ class Llama(nn.Module):
     WHY_NOT = ""
     outputs_logits = True
     emulatable = True  # fp16 / bf16 emulated by rounding every op (precision.py; its fp32 parts marked)
+    streams_parts = True  # a part is built from its own parameters (eager.StreamingParts)
     shardable = True  # at the TP sizes transforms/shard.py's check_tp allows
     DTYPES = None  # every dtype and quantized variant
     EXPORT_DECOMPOSITIONS = None  # written as IREE lowers it

@@ -120,6 +120,7 @@ class T5Encoder(nn.Module):
     WHY_NOT = "an encoder outputs hidden states, not next-token logits: no perplexity, and no KV cache to serve"
     outputs_logits = False
     emulatable = True  # fp16 / bf16 emulated by rounding every op (its fp32 norm statistics marked)
+    streams_parts = True  # a part is built from its own parameters (eager.StreamingParts)
     shardable = False  # tensor parallelism is not built for it
     DTYPES = ("fp32", "fp16", "bf16")  # its quantized variants are not built
     EXPORT_DECOMPOSITIONS = None  # written as IREE lowers it
