@@ -4,7 +4,8 @@ report.
 
 Every test that takes a `run_config` argument is parametrized over --model x --dtype x --tp (or, with none
 of them given, the default matrix of harness/run/matrix.py, whose entries name the checks they run:
-`test_<check>`, and whose models' family is the suite's: suites/<family>/, llama for a test elsewhere); its id names the configuration (e.g. `smollm2-135m-bf16-tp1`). Fixtures: `case` (the
+`test_<check>`, and whose models' family is the suite's: suites/<family>/, llama for a test elsewhere); its id
+names the configuration (e.g. `smollm2-135m-bf16-tp1`). Fixtures: `case` (the
 configuration's reference, candidate, inputs and policy, run/case.py), `write_record`, `run_dir`,
 `conclude` (how a check ends under the expected failures), `golden_dir` and `nightly`. Records go to
 `<report-dir>/<run>/records.jsonl`, and `summary.md` is written when the session ends (by the controller

@@ -125,3 +125,19 @@ class Bf16Table(torch.nn.Module):
                    "same type): the family keeps buffers as from_pretrained does, in fp32 (README Findings)")
 def test_iree_compiles_a_bf16_constant_table(tmp_path):
     _compile_and_run(Bf16Table(), (torch.zeros(1, 16, dtype=torch.int64),), tmp_path / "bf16.mlir")
+
+
+class AttentionScaledByOne(torch.nn.Module):
+    """transformers' sdpa attention for a model that scales its queries itself (OPT): scale=1.0."""
+
+    def forward(self, q, k, v):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="IREE 3.9 computes scaled_dot_product_attention(..., "
+                   "scale=1.0) with the default 1/sqrt(head_dim) (2.6 off; any other explicit scale fails to "
+                   "legalize): why the hf family runs transformers' eager attention (README Findings)")
+def test_iree_honours_an_attention_scale_of_one(tmp_path):
+    q, k, v = (torch.randn(1, 4, 48, 16, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    got = _compile_and_run(AttentionScaledByOne(), (q, k, v), tmp_path / "scale.mlir")
+    assert np.abs(got - AttentionScaledByOne()(q, k, v).numpy()).max() < 1e-5

@@ -165,9 +165,10 @@ class TanhGelu(torch.nn.Module):
         return F.gelu(x, approximate="tanh")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="IREE 3.9 (torch-mlir) lowers aten.gelu(approximate='tanh') with 0.797724 for "
-                   "sqrt(2/pi) = 0.7978846: 5e-5 off at x = 1.35, ~120x torch's fp32 error; the T5 reference writes "
-                   "the formula out, as transformers' gelu_new does (README, Findings)")
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="IREE 3.9 (torch-mlir) lowers "
+                   "aten.gelu(approximate='tanh') with 0.797724 for sqrt(2/pi) = 0.7978846: 5e-5 off at x = 1.35, "
+                   "~120x torch's fp32 error; the T5 reference writes the formula out, as transformers' gelu_new does "
+                   "(README, Findings)")
 def test_iree_computes_gelus_tanh_approximation_as_accurately_as_torch(tmp_path):
     x = torch.linspace(-6, 6, 4097)
     path = tmp_path / "gelu.mlir"

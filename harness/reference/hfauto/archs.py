@@ -30,7 +30,8 @@ ARCHS: dict[str, HFConfig] = {c.arch: c for c in [
     HFConfig.of("phi", "phi", **_LLAMA_LIKE, **_rope(0.5)),  # parallel attention + MLP, partial rotary, GELU (tanh)
     HFConfig.of("phi3", "phi3", **_LLAMA_LIKE, num_key_value_heads=2,
                 original_max_position_embeddings=256),  # fused qkv and gate_up projections
-    HFConfig.of("stablelm", "stablelm", **_LLAMA_LIKE, num_key_value_heads=4, **_rope(0.25)),  # partial rotary, LayerNorm
+    HFConfig.of("stablelm", "stablelm", **_LLAMA_LIKE, num_key_value_heads=4,
+                **_rope(0.25)),  # partial rotary, LayerNorm
     HFConfig.of("gemma", "gemma", **_LLAMA_LIKE, num_key_value_heads=1, head_dim=16),  # MQA, F.gelu(tanh), scaled embed
     HFConfig.of("gpt_neox", "gpt_neox", **_LLAMA_LIKE, **_rope(0.25), use_parallel_residual=True),  # Pythia, Dolly
     HFConfig.of("gptj", "gptj", **_GPT_LIKE, rotary_dim=8),  # parallel attention + MLP, partial rotary

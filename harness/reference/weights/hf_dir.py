@@ -164,7 +164,8 @@ def _config(file: Path) -> LlamaConfig | T5Config:
         return c[key]
 
     if need("model_type") not in ("llama", "mixtral"):
-        raise HarnessError(f"{file}: model_type is {c['model_type']!r}, only 'llama', 'mixtral' and 't5' (the v1.1 encoder) are supported")
+        raise HarnessError(f"{file}: model_type is {c['model_type']!r}, only 'llama', 'mixtral' and 't5' (the v1.1 "
+                           "encoder) are supported")
     if c.get("sliding_window"):
         raise HarnessError(f"{file}: sliding_window {c['sliding_window']} (sliding-window attention is not supported)")
     for key, value in (("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False)):
