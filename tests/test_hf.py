@@ -77,8 +77,8 @@ def test_bisection_pins_a_fault_on_the_blocks_child(arch, sub_block, tmp_path):
 def test_what_the_family_cannot_take_is_refused_in_one_line():
     with pytest.raises(UnfitTP, match="--tp 2: tensor parallelism is not built for the hf family"):
         Case(RunConfig("hf-llama", "fp32", tp=2)).weights
-    with pytest.raises(HarnessError, match="--dtype q4_1: the hf family runs fp32, fp16, bf16"):
-        Case(RunConfig("hf-llama", "q4_1")).weights
+    with pytest.raises(HarnessError, match="--dtype q8_0: the hf family runs fp32, fp16, bf16, int8, q4_1, w8a8_int8"):
+        Case(RunConfig("hf-llama", "q8_0")).weights
     assert "paged-cache serving" in Case(RunConfig("hf-llama", "fp32")).unsupported("decode")
 
 

@@ -14,11 +14,11 @@ from harness.run.config import RunConfig
 
 DEFAULT_DTYPES = ("fp32", "fp16", "bf16")
 # The matrix when --model, --dtype and --tp are all left out: the quick tier runs each entry's checks, the
-# nightly tier (--nightly) every check of every entry, so its matrix is the quick one with SmolLM2 TP 3 and
-# toy-tp8 TP 8 layer by layer and in perplexity too. Entries: (model, dtypes, TP sizes, the checks run in
+# nightly tier (--nightly) every check of every entry and NIGHTLY_MATRIX's, so its matrix is the quick one with
+# toy-tp8 TP 8 layer by layer and in perplexity too, and more. Entries: (model, dtypes, TP sizes, the checks run in
 # the quick tier, None for all). Tensor parallelism on fp32: TP 2 and 8 on the toy whose 16 / 8 heads allow
-# 8, every check; TP 3 on SmolLM2 (9 / 3 heads allow 1, 3, 9) end to end, because its sharded layer and
-# 512-token programs cost ~4 min of export and compile on 2 cores. SmolLM2 bf16 runs end to end (and
+# 8, every check; TP 3 on SmolLM2 (9 / 3 heads allow 1, 3, 9) nightly: its end-to-end program alone costs 43 s
+# cold on 2 cores, its sharded layer and 512-token programs ~4 min. SmolLM2 bf16 runs end to end (and
 # perplexity, which --ppl-dtypes bf16 turns on): its layer check costs 3 min where IREE's bf16 matmuls run at
 # ~1 GFLOP/s (CPUs without bf16 units), and the toy covers bf16 layer by layer. Options given alone cross with
 # the defaults of the others.
@@ -26,20 +26,26 @@ DEFAULT_DTYPES = ("fp32", "fp16", "bf16")
 # serving program costs 2.2 min of export and compile (Xeon, cold cache) and its checks another 1.5, the toy's
 # at TP 8 ~1.5 min: nightly (or `--model smollm2-135m --dtype fp32`).
 CORE = ("end_to_end", "layers", "perplexity")
+HF_VARIANTS = ("falcon_alibi",)  # a second configuration of a family the default run already has
 DEFAULT_MATRIX = (
     ("toy-tp8", DEFAULT_DTYPES, (1,), None), ("toy-tp8", ("fp32",), (2,), None), ("toy-tp8", ("fp32",), (8,), CORE),
     ("smollm2-135m", ("fp32",), (1,), CORE), ("smollm2-135m", ("fp16",), (1,), CORE),
     ("smollm2-135m", ("bf16",), (1,), ("end_to_end", "perplexity")),
-    ("smollm2-135m", ("fp32",), (3,), ("end_to_end",)),
-    ("toy-moe", ("fp32",), (1,), None), ("toy-moe", ("fp32",), (2,), CORE),
+    ("toy-moe", ("fp32",), (1,), None),
     ("toy-t5", DEFAULT_DTYPES, (1,), ("end_to_end", "layers")),  # suites/t5: an encoder takes these two
-    # suites/hf: every transformers architecture in fp32 end to end and layer by layer, and in bf16 end to end
-    # (~5 s a check on 2 cores); the nightly tier adds bf16 layer by layer and fp16.
-    *((f"hf-{arch}", ("fp32",), (1,), ("end_to_end", "layers")) for arch in ARCHS),
-    *((f"hf-{arch}", ("bf16",), (1,), ("end_to_end",)) for arch in ARCHS),
+    # suites/hf: every transformers family in fp32 and bf16 end to end (~6 s a check on 2 cores, cold); the
+    # nightly tier runs them layer by layer too.
+    *((f"hf-{arch}", ("fp32", "bf16"), (1,), ("end_to_end",)) for arch in ARCHS if arch not in HF_VARIANTS),
 )
-# What the nightly tier adds: the rest of the architectures' dtype matrix.
-NIGHTLY_MATRIX = tuple((f"hf-{arch}", ("fp16",), (1,), None) for arch in ARCHS)
+# What the nightly tier adds: SmolLM2 at TP 3 and the mixture of experts at TP 2 (every check), the architectures'
+# variants, and the rest of their dtype matrix (IPEX's columns: fp16, weight-only int8 and int4 as Q4_1 blocks, W8A8
+# int8; a mixture of experts' quantization is not built).
+NIGHTLY_MATRIX = (
+    ("smollm2-135m", ("fp32",), (3,), None), ("toy-moe", ("fp32",), (2,), None),
+    *((f"hf-{arch}", ("fp32", "bf16"), (1,), None) for arch in HF_VARIANTS),
+    *((f"hf-{arch}", ("fp16",) + (("int8", "q4_1", "w8a8_int8") if not c.experts else ()), (1,), None)
+      for arch, c in ARCHS.items()),
+)
 
 
 def _csv(values: list[str] | None, default: tuple[str, ...]) -> list[str]:

@@ -42,6 +42,7 @@ from torch import nn
 
 from harness.common.dtypes import WEIGHT_ONLY
 from harness.common.errors import HarnessError
+from harness.reference.hfauto.model import HFModel
 from harness.reference.llama.model import Llama
 from harness.transforms import mx
 
@@ -208,25 +209,47 @@ def layout(model: Llama) -> dict[str, int]:
     return {s: schemes.count(s) for s in sorted(set(schemes))}
 
 
-def projection_names(model: Llama) -> list[str]:
-    """Every decoder-layer projection's module path, "layers.<i>.<projection>"."""
-    if model.config.n_experts:
+def projection_names(model: Llama | HFModel) -> list[str]:
+    """Every decoder-layer projection's module path: "layers.<i>.<projection>", or in a transformers model every
+    linear (and GPT-2's Conv1D) inside its blocks."""
+    if getattr(model.config, "n_experts", 0) or "num_local_experts" in getattr(model.config, "options", {}):
         raise HarnessError("quantized variants of a mixture of experts are not supported yet (its experts are "
                            "stacked tensors, not projections)")
+    if isinstance(model, HFModel):
+        from transformers.pytorch_utils import Conv1D
+
+        return [f"hf.{model.structure.blocks}.{i}.{name}" for i, block in enumerate(model.blocks)
+                for name, m in block.named_modules() if isinstance(m, (nn.Linear, Conv1D))]
     return [f"layers.{i}.{path}" for i in range(len(model.layers)) for path in PROJECTIONS]
 
 
-def replace_projections(model: Llama, make: Callable[[str, nn.Linear], nn.Module]) -> Llama:
-    """`model` with each decoder-layer projection replaced by make(its path, the projection); a projection left on
-    the meta device (a model built one part at a time: Variant.build) is not there to replace."""
+class Biased(nn.Module):
+    """A bias-free projection and the bias it replaces (transformers' linears have them)."""
+
+    def __init__(self, projection: nn.Module, bias: torch.Tensor):
+        super().__init__()
+        self.projection, self.bias = projection, nn.Parameter(bias.detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projection(x) + self.bias
+
+
+def replace_projections(model: Llama, make: Callable[[str, torch.Tensor], nn.Module]) -> Llama:
+    """`model` with each decoder-layer projection replaced by make(its path, its weight [out, in]), keeping its bias;
+    a projection left on the meta device (a model built one part at a time: Variant.build) is not there to
+    replace."""
     for path in projection_names(model):
         parent, name = path.rsplit(".", 1)
         block = model.get_submodule(parent)
-        if not getattr(block, name).weight.is_meta:
-            setattr(block, name, make(path, getattr(block, name)))
+        linear = getattr(block, name)
+        if not linear.weight.is_meta:
+            weight = linear.weight if isinstance(linear, nn.Linear) else linear.weight.t()  # Conv1D: [in, out]
+            bias = getattr(linear, "bias", None)
+            projection = make(path, weight)
+            setattr(block, name, projection if bias is None else Biased(projection, bias))
     return model
 
 
 def quantize(model: Llama, scheme: str, fp8_decode: str = "native") -> Llama:
     """`model` (fp32) with every decoder-layer projection replaced by its `scheme` QuantLinear."""
-    return replace_projections(model, lambda _, linear: QuantLinear(linear.weight, scheme, fp8_decode))
+    return replace_projections(model, lambda _, weight: QuantLinear(weight, scheme, fp8_decode))

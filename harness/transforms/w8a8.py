@@ -196,4 +196,4 @@ class W8A8Linear(nn.Module):
 def quantize_w8a8(model: Llama, scheme: str, stats: dict[str, torch.Tensor], fp8_decode: str = "native") -> Llama:
     """`model` (fp32) with every decoder-layer projection replaced by its W8A8Linear, scaled by `stats`
     (`calibrate`'s, from the same fp32 model)."""
-    return replace_projections(model, lambda path, linear: W8A8Linear(linear.weight, stats[path], scheme, fp8_decode))
+    return replace_projections(model, lambda path, weight: W8A8Linear(weight, stats[path], scheme, fp8_decode))

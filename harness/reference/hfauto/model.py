@@ -166,7 +166,7 @@ class HFModel(nn.Module):
     shardable = False  # tensor parallelism is not built for it
     emulatable = False  # runs fp16 / bf16 natively (module docstring)
     streams_parts = False  # transformers builds the whole model: the layer check uses the resident one
-    DTYPES = ("fp32", "fp16", "bf16")
+    DTYPES = ("fp32", "fp16", "bf16", "int8", "q4_1", "w8a8_int8")  # IPEX's columns
     # What transformers' masks use and IREE 3.9 does not lower: `&` and `|` of boolean masks, aten.diff (Findings).
     EXPORT_DECOMPOSITIONS = {torch.ops.aten.__and__.Tensor: torch.logical_and,
                              torch.ops.aten.__or__.Tensor: torch.logical_or, torch.ops.aten.diff.default: _diff}
