@@ -284,13 +284,18 @@ class Reference:
         self.memory = memory
 
     @property
+    def family(self) -> type[torch.nn.Module]:
+        """The model's class (reference/families.py): what its architecture takes and how it runs."""
+        return families.model_class(self.weights.config)
+
+    @property
     def outputs_logits(self) -> bool:
         """Whether the model's output is next-token logits (an encoder's is hidden states)."""
-        return families.model_class(self.weights.config).outputs_logits
+        return self.family.outputs_logits
 
     @cached_property
     def streaming(self) -> bool:
-        if not families.model_class(self.weights.config).streams_parts:
+        if not self.family.streams_parts:
             if self.memory == "streaming":
                 raise HarnessError(f"--eager-memory streaming: {self.name}'s family builds the whole model (its parts "
                                    "are not built one at a time)")
@@ -318,7 +323,7 @@ class Reference:
             return torch.float64, "oracle-fp64", None
         if v.torch_dtype == torch.float32:
             return None, "eager", None
-        if self.mode == "native" or not families.model_class(self.weights.config).emulatable:
+        if self.mode == "native" or not self.family.emulatable:
             return None, "eager-native", None
         return torch.float32, "eager-emulated", v.torch_dtype
 
@@ -340,7 +345,7 @@ class Reference:
         """The parts of `which` ("eager" or "oracle") built one at a time from the weights (StreamingParts: what
         the layer check and bisection use, so they never hold the whole model), or for a family whose parts are
         not built alone (a transformers model), the resident model's."""
-        if not families.model_class(self.weights.config).streams_parts:
+        if not self.family.streams_parts:
             return (self.eager if which == "eager" else self.oracle).parts()
         return StreamingParts(self.variant, *self._spec(which))
 
