@@ -72,7 +72,7 @@ def pytest_generate_tests(metafunc):
     check = None if get("nightly") else metafunc.function.__name__.removeprefix("test_")  # e.g. "layers"
     family = metafunc.definition.path.parent.name  # suites/<family>/test_*.py
     try:
-        configs = matrix.run_configs(get, check, family if family in FAMILIES else "llama")
+        configs = matrix.run_configs(get, check, family if family in FAMILIES else "llama", get("nightly"))
     except HarnessError as e:
         raise pytest.UsageError(str(e)) from None
     metafunc.parametrize("run_config", configs, ids=[c.id for c in configs], scope="session")

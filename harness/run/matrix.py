@@ -81,17 +81,18 @@ def family(model: str) -> str:
     return families.family(REGISTRY[model].config)
 
 
-def run_configs(get: Callable[[str], object], check: str | None = None,
-                family_name: str | None = None) -> list[RunConfig]:
+def run_configs(get: Callable[[str], object], check: str | None = None, family_name: str | None = None,
+                nightly: bool = False) -> list[RunConfig]:
     """The configuration matrix the options describe; `get(dest)` reads an option. With `check`
     ("end_to_end", "layers", "perplexity"), the default matrix's entries that do not run it are left out; with
-    `family_name` (a family's suite, suites/<family>), its entries of other families. Models named by options run
-    in whatever suite is run (a check their family cannot take is a recorded skip)."""
+    `family_name` (a family's suite, suites/<family>), its entries of other families; `nightly` adds
+    NIGHTLY_MATRIX. Models named by options run in whatever suite is run (a check their family cannot take is a
+    recorded skip)."""
     t = target(get)
     if get("artifact"):
         return artifact_configs(get, t)
     if get("model") is None and get("dtype") is None and get("tp") is None:
-        entries = DEFAULT_MATRIX + (NIGHTLY_MATRIX if check is None else ())  # check None: the nightly tier
+        entries = DEFAULT_MATRIX + (NIGHTLY_MATRIX if nightly else ())
         matrix = [entry for entry in entries if (check is None or entry[3] is None or check in entry[3])
                   and family_name in (None, family(entry[0]))]
     else:
