@@ -141,3 +141,26 @@ def test_iree_honours_an_attention_scale_of_one(tmp_path):
     q, k, v = (torch.randn(1, 4, 48, 16, generator=torch.Generator().manual_seed(i)) for i in range(3))
     got = _compile_and_run(AttentionScaledByOne(), (q, k, v), tmp_path / "scale.mlir")
     assert np.abs(got - AttentionScaledByOne()(q, k, v).numpy()).max() < 1e-5
+
+
+def test_a_hugging_face_directory_of_any_architecture_loads_and_compiles(tmp_path):
+    """A transformers checkpoint directory whose model type the harness has no reference of its own for (GPT-2,
+    with its tied output embedding stored once) is the hf family's, as `--model <dir>` or `--model hf:<id>` give it:
+    read bit for bit, equal to transformers' model loaded by transformers, and compiled it passes end to end."""
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    from harness.candidates.exported import ExportedCandidate
+    from harness.checks import Inputs, end_to_end
+    from harness.numerics.tolerance import policy
+    from harness.reference.weights.hf_dir import load_hf_dir
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(GPT2Config(vocab_size=256, n_embd=64, n_layer=2, n_head=4,
+                                                n_positions=128)).save_pretrained(tmp_path)
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    reference = Reference("gpt2-dir", load_hf_dir(tmp_path), "fp32")
+    with torch.no_grad():
+        assert torch.equal(reference.eager.logits(TOKENS), theirs(TOKENS).logits)
+    candidate = ExportedCandidate(reference.variant, Target(), seq_len=TOKENS.shape[1])
+    rec = end_to_end.check(candidate, reference, Inputs(TOKENS, "random ids"), policy("fp32"))
+    assert rec["verdict"]["passed"], rec["verdict"]["reason"]

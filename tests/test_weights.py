@@ -364,7 +364,7 @@ def test_hf_dir_from_transformers_save_pretrained(tmp_path, tied):
 
 
 @pytest.mark.parametrize("change,fragments", [
-    (dict(model_type="mistral"), ["model_type", "mistral"]),
+    (dict(model_type="no_such_model"), ["model_type", "no_such_model"]),
     (dict(head_dim=8), ["head_dim"]),
     (dict(attention_bias=True), ["attention_bias"]),
     (dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}), ["yarn"]),

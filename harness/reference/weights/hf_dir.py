@@ -1,6 +1,7 @@
-"""Llama (and Mixtral) or T5 v1.1 encoder weights from a Hugging Face model directory: config.json plus
-model.safetensors, or shards listed in model.safetensors.index.json, each tensor read (memory-mapped) when it is
-asked for."""
+"""Weights from a Hugging Face model directory: config.json plus model.safetensors, or shards listed in
+model.safetensors.index.json, each tensor read (memory-mapped) when it is asked for. Llama and Mixtral checkpoints
+load into the llama reference, T5's encoder into the t5 family's, any other model type into the hf family (the
+transformers model itself, its tensors named as its state dict names them)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 from safetensors import safe_open
 
 from harness.common.errors import HarnessError
+from harness.reference.hfauto.config import HFConfig
 from harness.reference.llama.config import LlamaConfig, RopeScaling
 from harness.reference.t5 import checkpoint as t5_checkpoint
 from harness.reference.t5.config import T5Config
@@ -78,7 +80,9 @@ def load_hf_dir(path: str | Path) -> LoadedWeights:
                          sha256=sha256_files([path / "config.json", *files]))
 
 
-def config_type(config: LlamaConfig | T5Config) -> str:
+def config_type(config: LlamaConfig | T5Config | HFConfig) -> str:
+    if isinstance(config, HFConfig):
+        return f"transformers {config.model_type}"
     return "T5 encoder" if isinstance(config, T5Config) else "Mixtral" if config.n_experts else "Llama"
 
 
@@ -87,6 +91,8 @@ def _checkpoint_name(key: str, config: LlamaConfig | T5Config) -> str | None:
     model (a tied head, which is the embedding; RoPE frequencies, derived from the config; T5's decoder)."""
     if isinstance(config, T5Config):
         return t5_checkpoint.parameter_name(key)
+    if isinstance(config, HFConfig):
+        return f"hf.{key}"  # the transformers model's own names, under HFModel's `hf`
     name = key.removeprefix("model.")
     if (name == "lm_head.weight" and config.tie_embeddings) or name.endswith("rotary_emb.inv_freq"):
         return None
@@ -97,6 +103,8 @@ def _checkpoint_parts(config: LlamaConfig | T5Config) -> dict[str, list[tuple[st
     """Each parameter's checkpoint tensors (names without "model.", with their shapes): itself, or for a Mixtral's
     stacked experts each expert's w1 and w3 (gate_up_proj: gate rows, then up rows) or w2 (down_proj), and its
     router under block_sparse_moe, as Mixtral checkpoints store them."""
+    if isinstance(config, HFConfig):
+        return _tied_parts(config)
     parts = {}
     for name, shape in expected_shapes(config).items():
         layer, _, what = name.partition(".mlp.")
@@ -112,6 +120,19 @@ def _checkpoint_parts(config: LlamaConfig | T5Config) -> dict[str, list[tuple[st
                 parts[name] = [(f"{experts}.{e}.{w}.weight", (f, dim)) for e in each for w in ("w1", "w3")]
             else:
                 parts[name] = [(f"{experts}.{e}.w2.weight", (dim, f)) for e in each]
+    return parts
+
+
+def _tied_parts(config: HFConfig) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
+    """A transformers model's parameters, each its own checkpoint tensor, except one tied to another (the output
+    embedding to the input one), which a checkpoint stores once: read from the first name."""
+    from harness.reference import families
+
+    first: dict[int, str] = {}
+    parts = {}
+    for name, tensor in families.build(config).state_dict(keep_vars=True).items():
+        source = first.setdefault(id(tensor), name)
+        parts[name] = [(source, tuple(tensor.shape))]
     return parts
 
 
@@ -153,19 +174,26 @@ def _json(file: Path) -> dict:
         raise HarnessError(f"{file}: unreadable JSON: {' '.join(str(e).split())}")
 
 
-def _config(file: Path) -> LlamaConfig | T5Config:
+def _config(file: Path) -> LlamaConfig | T5Config | HFConfig:
     c = _json(file)
     if c.get("model_type") == "t5":
         return t5_checkpoint.config_from_hf(c, file)
+    if c.get("model_type") not in ("llama", "mixtral"):  # transformers' own model, as it is (reference/hfauto)
+        if "model_type" not in c:
+            raise HarnessError(f"{file}: missing model_type")
+        options = {k: v for k, v in c.items() if k not in ("model_type", "architectures", "transformers_version")}
+        config = HFConfig.of(c["model_type"], c["model_type"], **options)
+        try:
+            config.hf_config()
+        except (ValueError, TypeError, KeyError) as e:  # a model type or option transformers does not know
+            raise HarnessError(f"{file}: model_type {c['model_type']!r}: {' '.join(str(e).split())[:200]}") from None
+        return config
 
     def need(key: str):
         if key not in c:
             raise HarnessError(f"{file}: missing {key}")
         return c[key]
 
-    if need("model_type") not in ("llama", "mixtral"):
-        raise HarnessError(f"{file}: model_type is {c['model_type']!r}, only 'llama', 'mixtral' and 't5' (the v1.1 "
-                           "encoder) are supported")
     if c.get("sliding_window"):
         raise HarnessError(f"{file}: sliding_window {c['sliding_window']} (sliding-window attention is not supported)")
     for key, value in (("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False)):
