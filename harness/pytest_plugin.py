@@ -70,9 +70,14 @@ def pytest_generate_tests(metafunc):
         return
     get = metafunc.config.getoption
     check = None if get("nightly") else metafunc.function.__name__.removeprefix("test_")  # e.g. "layers"
-    family = metafunc.definition.path.parent.name  # suites/<family>/test_*.py
+    suite = metafunc.definition.path.parent.name  # suites/<family>/test_*.py
+    if metafunc.definition.path.parent.parent.name == "suites" and suite not in FAMILIES:
+        raise pytest.UsageError(f"suites/{suite}: not a model family's suite ({', '.join(FAMILIES)}): "
+                                "add the family to harness/reference/families.py")
+    # A test outside a family's suite (a user's) takes the llama family's default matrix, and any model named.
+    family = suite if suite in FAMILIES else "llama" if matrix.uses_default_matrix(get) else None
     try:
-        configs = matrix.run_configs(get, check, family if family in FAMILIES else "llama", get("nightly"))
+        configs = matrix.run_configs(get, check, family, get("nightly"))
     except HarnessError as e:
         raise pytest.UsageError(str(e)) from None
     metafunc.parametrize("run_config", configs, ids=[c.id for c in configs], scope="session")
@@ -194,7 +199,8 @@ class Conclusion:
         """`failures`: (stage, message) pairs; none means the check passed."""
         cid = self.case.config.id
         if failures:
-            hits = [expected.match(self.entries, cid, self.check, stage, msg) for stage, msg in failures]
+            target = self.case.config.target.name
+            hits = [expected.match(self.entries, cid, self.check, target, stage, msg) for stage, msg in failures]
             uncovered = [msg for (_, msg), hit in zip(failures, hits) if hit is None]
             if uncovered:
                 pytest.fail(f"{cid}: " + "\n".join(uncovered), pytrace=False)
@@ -202,7 +208,7 @@ class Conclusion:
                 self.write({"kind": "expected_failure", "config": cid, "check": self.check, "stage": stage,
                             "message": msg.splitlines()[0], "issue": hit.issue})
             pytest.xfail(f"expected failure ({hits[0].issue}): {failures[0][1].splitlines()[0]}")
-        stale = expected.covering(self.entries, cid, self.check)
+        stale = expected.covering(self.entries, cid, self.check, self.case.config.target.name)
         if stale:
             self.write({"kind": "unexpected_pass", "config": cid, "check": self.check, "issue": stale[0].issue})
             pytest.fail(f"{cid}: {self.check} passed, but {self.check} of {stale[0].config} is listed as an "

@@ -13,7 +13,6 @@ from transformers import T5Config as HFT5Config
 from transformers import T5EncoderModel, T5ForConditionalGeneration
 from transformers.models.t5.modeling_t5 import T5Attention
 
-from harness import cli
 from harness.checks import bisect
 from harness.common.errors import HarnessError
 from harness.iree.compiler import compile_module
@@ -21,13 +20,11 @@ from harness.iree.targets import Target
 from harness.numerics import metrics
 from harness.numerics.tolerance import policy
 from harness.reference.eager import Reference
-from harness.reference.families import FAMILIES
 from harness.reference.registry import resolve
 from harness.reference.t5 import checkpoint
 from harness.reference.t5.config import TOY_T5
 from harness.reference.t5.model import SUB_BLOCK_CONSUMERS, SUB_BLOCKS, relative_buckets
 from harness.reference.weights.hf_dir import load_hf_dir
-from harness.run import matrix
 from harness.run.case import Case
 from harness.run.config import RunConfig
 from harness.transforms.faults import row_fault, weight_fault
@@ -76,7 +73,7 @@ def test_eager_equals_transformers_t5_encoder_within_the_fp32_policy(weights, to
     assert not policy("fp32").judge(flat.eager.logits(tokens), ours, reference.oracle.logits(tokens)).passed
 
 
-def test_position_buckets_equal_transformers(tokens):
+def test_position_buckets_equal_transformers():
     for seq in (1, 7, 150, 300):
         positions = torch.arange(seq)
         theirs = T5Attention._relative_position_bucket(positions[None, :] - positions[:, None], bidirectional=True,
@@ -135,20 +132,6 @@ def test_what_the_family_cannot_take_is_refused_in_one_line():
     assert case.unsupported("layers") is None
 
 
-def test_each_suite_runs_its_familys_default_configurations():
-    """The families' default configurations partition the default matrix: each runs in its own suite."""
-    defaults = vars(cli.parser().parse_args(["run"]))
-    checks = ("end_to_end", "layers", "perplexity")
-    ids = {(family, check): {c.id for c in matrix.run_configs(lambda d: defaults[d], check, family)}
-           for family in (*FAMILIES, None) for check in checks}
-    assert ids["t5", "end_to_end"] == ids["t5", "layers"] == {f"toy-t5-{d}-tp1" for d in ("fp32", "fp16", "bf16")}
-    assert not ids["t5", "perplexity"]
-    assert ids["mixtral", "end_to_end"] == {"toy-moe-fp32-tp1"}
-    for check in checks:
-        families = [ids[f, check] for f in FAMILIES]
-        assert set().union(*families) == ids[None, check] and sum(map(len, families)) == len(ids[None, check])
-
-
 def test_the_fixed_tolerance_verdict_is_allcloses():
     gen = torch.Generator().manual_seed(0)
     ref = torch.randn(4096, generator=gen)
@@ -178,3 +161,4 @@ def test_iree_computes_gelus_tanh_approximation_as_accurately_as_torch(tmp_path)
     exact = F.gelu(x.double(), approximate="tanh")
     torch_error = float((F.gelu(x, approximate="tanh").double() - exact).abs().max())
     assert float((got.double() - exact).abs().max()) <= 8 * torch_error
+

@@ -1,6 +1,6 @@
 """--tp through the harness: the configuration matrix, runtime device lists, sizes a model cannot take
 (skipped with the constraint named), and bisection of a sharded model. tests/test_shard.py covers the
-sharded model itself; the suites' default matrix runs toy-tp8 at TP 1, 2, 8 and SmolLM2 at TP 1, 3."""
+sharded model itself; the suites' default matrix runs toy-tp8 at TP 1, 2, 8, the nightly one SmolLM2 at TP 3 too."""
 
 import subprocess
 import sys

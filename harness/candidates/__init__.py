@@ -33,7 +33,7 @@ class Layers(Protocol):
     def embed(self, tokens: torch.Tensor) -> torch.Tensor: ...
 
     def layer(self, i: int, h: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Layer i's output and its sub-blocks' outputs (llama.model.SUB_BLOCKS) on input `h`."""
+        """Layer i's output and its sub-blocks' outputs (reference/families.py sub_blocks) on input `h`."""
 
     def head(self, h: torch.Tensor) -> torch.Tensor: ...
 

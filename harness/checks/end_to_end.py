@@ -35,7 +35,8 @@ def check(candidate: Candidate, reference: Reference, inputs: Inputs, policy: Po
         compiled, st.seconds = timed(forward.logits, tokens)
     eager, eager_s = timed(reference.eager.logits, tokens)
     oracle, oracle_s = timed(reference.oracle.logits, tokens)
-    fp32 = eager if reference.dtype == "fp32" else reference.fp32.logits(tokens)
+    # A second whole eager pass, except where the model is streamed (a layer's memory, every layer re-read).
+    fp32 = eager if reference.dtype == "fp32" else None if reference.streaming else reference.fp32.logits(tokens)
     baseline_verdict, baseline_metrics = None, {}
     if baseline is not None:
         base = baseline.logits(tokens)
@@ -59,6 +60,7 @@ def check(candidate: Candidate, reference: Reference, inputs: Inputs, policy: Po
                  "compiled_vs_oracle": metrics.compare(compiled, oracle, logits),
                  "eager_vs_oracle": metrics.compare(eager, oracle, logits), **baseline_metrics},
         fixed_tolerance={"vs_eager": metrics.allclose(compiled, eager, FIXED_ATOL, FIXED_RTOL),
-                         "vs_eager_fp32": metrics.allclose(compiled, fp32, FIXED_ATOL, FIXED_RTOL)},
+                         "vs_eager_fp32": None if fp32 is None else metrics.allclose(compiled, fp32, FIXED_ATOL,
+                                                                                     FIXED_RTOL)},
         timings={"iree_run_s": candidate.stages["run"].seconds, "eager_s": eager_s, "oracle_s": oracle_s},
     )

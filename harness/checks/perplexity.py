@@ -54,7 +54,8 @@ def open_eager_cache(reference: Reference, protocol: Protocol, engines: list[For
            "attention": reference.attention, "mode": reference.mode,
            "windows": {f: getattr(protocol, f) for f in Protocol.STREAM_FIELDS}, "top_k": TOP_K,
            "code": _code_digest("reference", "transforms", "common", "data"),
-           "versions": {k: v for k, v in versions().items() if k in ("python", "torch", "numpy", "gguf")},
+           "versions": {k: v for k, v in versions().items()
+                        if k in ("python", "torch", "numpy", "gguf", "transformers")},
            "machine": {k: host.machine()[k] for k in ("llvm_cpu", "cpu_features", "threads")}}
     name = digest(json.dumps(key, sort_keys=True, default=str))
     return EagerCache(WindowStore.open(cache_dir("eager") / name, key), engines)
@@ -82,6 +83,8 @@ def independent_check(reference: Reference, windows: Windows, stats: Stats, n: i
         return "not applicable: transformers checks the fp32 eager reference"
     if reference.transformers is None:
         return f"none: no transformers implementation of {reference.name}"
+    if reference.family.family(reference.weights.config) == "hf":
+        return f"none: {reference.name}'s eager reference is transformers' own model (the hf family)"
     sample = list(itertools.islice(windows, n))
     theirs = hf.window_nll(reference.transformers(), sample)
     tokens = sum(len(w.targets) for w in sample)

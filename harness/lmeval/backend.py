@@ -66,6 +66,8 @@ class HarnessLM(TemplateLM):
         config = RunConfig(str(model), dtype, int(tp), seq_len=self.max_length,
                            target=Target(hal_target_device=target, device_uri=device), eager_mode=eager_mode)
         self.case = Case(config)
+        if not self.case.reference.outputs_logits:
+            raise HarnessError(f"lm-eval model {model}: it outputs hidden states, not next-token logits (an encoder)")
         model_max = self.case.weights.config.max_seq_len
         if not 2 <= self.max_length <= model_max:
             raise HarnessError(f"lm-eval model_args max_length={self.max_length}: must be in 2..{model_max} "

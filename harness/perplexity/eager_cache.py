@@ -1,7 +1,8 @@
 """Eager's per-window results kept between runs (`--eager-cache`), so that a nightly computes only the compiled side.
 
 Eager's logits of a window depend on the model bytes, the dtype and variant, the window (its index in the
-protocol's window sequence), the versions of python, torch, numpy and gguf (which dequantizes GGUF weights), torch's
+protocol's window sequence), the versions of python, torch, numpy, gguf (which dequantizes GGUF weights) and
+transformers (the hf family's model code), torch's
 thread count, the CPU's kernels and the harness code that builds and scores the reference (checks/perplexity.py
 open_eager_cache): the cache directory is named by the digest of all of that (written out in its key.json), so a
 change to any of it is a new directory.

@@ -59,7 +59,10 @@ class Variant:
         `quantized`), held and computed in `compute` (default: the dtype); fp8 codes decoded as
         `fp8_decode` says (transforms/quantize.py). `part` ("embed", "layer_<i>" or "head"): only that part's
         parameters are read, the rest of the model is left on the meta device (no memory)."""
-        with torch.device("meta"):  # no random init: the weights replace every parameter
+        # On the meta device, no random init: the weights replace every parameter. A transformers model is built on
+        # the CPU, where its buffers (rotary tables) are computed, uninitialised (hfauto/model.py).
+        streams = families.model_class(self.weights.config).streams_parts
+        with torch.device("meta") if streams else contextlib.nullcontext():
             model = families.build(self.weights.config)
         # assign: a model in the weights' own dtype takes their tensors instead of a second copy (SmolLM2 fp32:
         # 0.5 GB). Nothing mutates a parameter in place (faults replace theirs).
@@ -295,10 +298,14 @@ class Reference:
 
     @cached_property
     def streaming(self) -> bool:
-        if not self.family.streams_parts:
+        if not self.family.streams_parts:  # the whole model, or one line saying why it cannot be
             if self.memory == "streaming":
                 raise HarnessError(f"--eager-memory streaming: {self.name}'s family builds the whole model (its parts "
                                    "are not built one at a time)")
+            if resident_bytes(self.weights.config) > RESIDENT_SHARE * machine_bytes():
+                raise HarnessError(f"{self.name}: its family holds the whole model, eager and the fp64 oracle "
+                                   f"({resident_bytes(self.weights.config) / 2**30:.1f} GiB), over half of this "
+                                   f"machine's {machine_bytes() / 2**30:.1f} GiB")
             return False
         return self.memory == "streaming" or (
             self.memory == "auto" and resident_bytes(self.weights.config) > RESIDENT_SHARE * machine_bytes())

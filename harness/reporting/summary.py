@@ -41,7 +41,9 @@ def _fixed_cell(fixed: dict | None) -> str:
     if not fixed:
         return ""
 
-    def one(v: dict) -> str:
+    def one(v: dict | None) -> str:
+        if v is None:
+            return "not run"
         return MARK["passed"] if v["passed"] else f"{MARK['failed']} {v['worst']:.3g}x, {100 * v['over']:.3g}% over"
     return f"{one(fixed['vs_eager'])} · {one(fixed['vs_eager_fp32'])}"
 

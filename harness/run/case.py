@@ -66,7 +66,7 @@ class Case:
         family, name = model_class(weights.config), family_name(weights.config)
         if family.DTYPES and cfg.dtype not in family.DTYPES:
             raise HarnessError(f"--dtype {cfg.dtype}: the {name} family runs {', '.join(family.DTYPES)} "
-                               f"({cfg.name}; its quantized variants are not built)")
+                               f"({cfg.name}; its other variants are not built)")
         if not family.shardable and cfg.tp > 1:
             raise UnfitTP(f"--tp {cfg.tp}: tensor parallelism is not built for the {name} family ({cfg.name})")
         if family.shardable:

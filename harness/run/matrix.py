@@ -3,6 +3,8 @@ default matrix, and how `--shard i/N` splits them over machines."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Callable
 
 from harness.common.errors import HarnessError
@@ -76,9 +78,24 @@ def target(get: Callable[[str], object]) -> Target:
                   attention=get("attention"), compiler=get("iree_compile"))
 
 
-def family(model: str) -> str:
-    """The family of a registered model (reference/families.py)."""
-    return families.family(REGISTRY[model].config)
+def family(model: str) -> str | None:
+    """The family of a model --model names (reference/families.py), known before it is loaded: a registered
+    model's, a GGUF file's (llama), a Hugging Face directory's (by its config.json's model_type); None where it is not
+    (a hub id, an unreadable directory: that model's suite is not known, and it runs in every suite asked for)."""
+    if model in REGISTRY:
+        return families.family(REGISTRY[model].config)
+    path = Path(model)
+    if path.suffix == ".gguf":
+        return "llama"
+    try:
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return model_type if model_type in ("llama", "mixtral", "t5") else "hf"
+
+
+def uses_default_matrix(get: Callable[[str], object]) -> bool:
+    return not get("artifact") and get("model") is None and get("dtype") is None and get("tp") is None
 
 
 def run_configs(get: Callable[[str], object], check: str | None = None, family_name: str | None = None,
@@ -86,12 +103,12 @@ def run_configs(get: Callable[[str], object], check: str | None = None, family_n
     """The configuration matrix the options describe; `get(dest)` reads an option. With `check`
     ("end_to_end", "layers", "perplexity"), the default matrix's entries that do not run it are left out; with
     `family_name` (a family's suite, suites/<family>), its entries of other families; `nightly` adds
-    NIGHTLY_MATRIX. Models named by options run in whatever suite is run (a check their family cannot take is a
-    recorded skip)."""
+    NIGHTLY_MATRIX. A model named by --model (or a sharktank export, a llama) runs in its family's suite alone
+    (in every suite where its family is not known before loading it)."""
     t = target(get)
     if get("artifact"):
-        return artifact_configs(get, t)
-    if get("model") is None and get("dtype") is None and get("tp") is None:
+        return artifact_configs(get, t) if family_name in (None, "llama") else []
+    if uses_default_matrix(get):
         entries = DEFAULT_MATRIX + (NIGHTLY_MATRIX if nightly else ())
         matrix = [entry for entry in entries if (check is None or entry[3] is None or check in entry[3])
                   and family_name in (None, family(entry[0]))]
@@ -102,7 +119,7 @@ def run_configs(get: Callable[[str], object], check: str | None = None, family_n
                 raise HarnessError(f"--tp: {tp!r} is not a positive integer")
             tps.append(int(tp))
         matrix = [(model, _csv(get("dtype"), DEFAULT_DTYPES), tps, None)
-                  for model in _csv(get("model"), DEFAULT_MODELS)]
+                  for model in _csv(get("model"), DEFAULT_MODELS) if family(model) in (None, family_name)]
     return [RunConfig(model, dtype, tp, get("seq_len"), t, get("eager_reference"),
                       eager_memory=get("eager_memory"))
             for model, dtypes, tps, _ in matrix for dtype in dtypes for tp in tps]

@@ -80,6 +80,8 @@ def plant_fault(model: Llama, fault: Fault | None) -> Llama:
         param.data = data
     elif fault.kind == "paged":
         model.paged_defects = {fault.layer: fault.sub_block}
+    elif not isinstance(model, Llama):
+        raise ValueError(f"an op fault swaps the llama family's SwiGLU activation: {type(model).__name__} has none")
     else:  # SwiGLU computed with GELU instead of SiLU (every expert's, in a mixture of experts)
         getattr(layer.mlp, "experts", layer.mlp).act = F.gelu
     return model

@@ -50,7 +50,8 @@ class HFConfig:
 
     @property
     def max_seq_len(self) -> int:
-        return getattr(self._hf, "max_position_embeddings", None) or getattr(self._hf, "n_positions", 2048)
+        return next((getattr(self._hf, k) for k in ("max_position_embeddings", "n_positions", "max_seq_len")
+                     if getattr(self._hf, k, None)), 2048)  # 2048: ALiBi models without a limit
 
     def to_dict(self) -> dict:
         return {"arch": self.arch, "model_type": self.model_type, "options": self.options, "attention": self.attention,

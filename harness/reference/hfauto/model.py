@@ -62,18 +62,26 @@ class Structure:
 
 
 def _transformers_model(config: HFConfig) -> nn.Module:
+    """The model on the current default device (meta: shapes alone), without a random initialisation: the weights
+    replace every parameter."""
     from transformers import AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
 
-    with torch.device("cpu"):  # real buffers (rotary tables, masks) even where the caller builds on the meta device
-        experts = {"experts_implementation": config.experts} if config.experts else {}
-        return AutoModelForCausalLM.from_config(config.hf_config(), attn_implementation=config.attention,
-                                                **experts).eval()
+    experts = {"experts_implementation": config.experts} if config.experts else {}
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(config.hf_config(), attn_implementation=config.attention, **experts)
+    model.tie_weights()  # which no_init_weights skips: a tied output embedding is the input one
+    return model.eval()
 
 
 @functools.cache
 def structure(config: HFConfig) -> Structure:
-    """Where the blocks and the final norm are, and what a block's sub-blocks are (a trial forward of 4 tokens)."""
-    model = _transformers_model(config)
+    """Where the blocks and the final norm are, and what a block's sub-blocks are (a trial forward of 4 tokens of
+    zero weights: only which modules run matters)."""
+    with torch.device("cpu"):
+        model = _transformers_model(config)
+    for tensor in model.parameters():
+        torch.nn.init.zeros_(tensor)
     lists = [name for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == config.n_layers]
     if not lists:
         raise HarnessError(f"{config.arch}: {type(model).__name__} has no list of {config.n_layers} decoder blocks")
@@ -124,6 +132,11 @@ def _inputs(tokens: torch.Tensor) -> dict:
     return {"input_ids": tokens, "use_cache": False}
 
 
+def _boolean(logical, bitwise, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`&` / `|` as the logical op on boolean masks (which IREE lowers), bitwise on integers (block codes)."""
+    return (logical if a.dtype == torch.bool else bitwise)(a, b)
+
+
 def _diff(x: torch.Tensor, n: int = 1, dim: int = -1, prepend=None, append=None) -> torch.Tensor:
     """aten.diff (transformers' packed-sequence detection), which IREE 3.9 does not lower, as slices."""
     x = torch.cat([t for t in (prepend, x, append) if t is not None], dim)
@@ -168,11 +181,16 @@ class HFModel(nn.Module):
     streams_parts = False  # transformers builds the whole model: the layer check uses the resident one
     DTYPES = ("fp32", "fp16", "bf16", "int8", "q4_1", "w8a8_int8")  # IPEX's columns
     # What transformers' masks use and IREE 3.9 does not lower: `&` and `|` of boolean masks, aten.diff (Findings).
-    EXPORT_DECOMPOSITIONS = {torch.ops.aten.__and__.Tensor: torch.logical_and,
-                             torch.ops.aten.__or__.Tensor: torch.logical_or, torch.ops.aten.diff.default: _diff}
+    EXPORT_DECOMPOSITIONS = {torch.ops.aten.__and__.Tensor: functools.partial(_boolean, torch.logical_and,
+                                                                               torch.bitwise_and),
+                             torch.ops.aten.__or__.Tensor: functools.partial(_boolean, torch.logical_or,
+                                                                              torch.bitwise_or),
+                             torch.ops.aten.diff.default: _diff}
     COMPILE_FLAGS = None  # the target's
 
     def __init__(self, config: HFConfig):
+        """Built on the current default device: meta for shapes (weights.expected_shapes), the CPU for a model
+        (its buffers, such as rotary tables, are computed here, not loaded)."""
         super().__init__()
         self.config, self.structure = config, structure(config)
         self.hf = _transformers_model(config)

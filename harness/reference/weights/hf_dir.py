@@ -130,7 +130,9 @@ def _tied_parts(config: HFConfig) -> dict[str, list[tuple[str, tuple[int, ...]]]
 
     first: dict[int, str] = {}
     parts = {}
-    for name, tensor in families.build(config).state_dict(keep_vars=True).items():
+    with torch.device("meta"):
+        model = families.build(config)
+    for name, tensor in model.state_dict(keep_vars=True).items():
         source = first.setdefault(id(tensor), name)
         parts[name] = [(source, tuple(tensor.shape))]
     return parts
@@ -181,7 +183,9 @@ def _config(file: Path) -> LlamaConfig | T5Config | HFConfig:
     if c.get("model_type") not in ("llama", "mixtral"):  # transformers' own model, as it is (reference/hfauto)
         if "model_type" not in c:
             raise HarnessError(f"{file}: missing model_type")
-        options = {k: v for k, v in c.items() if k not in ("model_type", "architectures", "transformers_version")}
+        # Not the stored dtype: the harness holds weights in fp32 and casts them to the configuration's dtype.
+        ignored = ("model_type", "architectures", "transformers_version", "dtype", "torch_dtype")
+        options = {k: v for k, v in c.items() if k not in ignored}
         config = HFConfig.of(c["model_type"], c["model_type"], **options)
         try:
             config.hf_config()
