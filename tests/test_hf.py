@@ -164,3 +164,40 @@ def test_a_hugging_face_directory_of_any_architecture_loads_and_compiles(tmp_pat
     candidate = ExportedCandidate(reference.variant, Target(), seq_len=TOKENS.shape[1])
     rec = end_to_end.check(candidate, reference, Inputs(TOKENS, "random ids"), policy("fp32"))
     assert rec["verdict"]["passed"], rec["verdict"]["reason"]
+
+
+class BooleanMaskAttention(torch.nn.Module):
+    """transformers' sdpa attention: a boolean mask (True: attend)."""
+
+    def forward(self, q, k, v):
+        keep = torch.ones(q.shape[2], q.shape[2], dtype=torch.bool).tril()
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+
+
+class MaskOps(torch.nn.Module):
+    """What transformers' mask functions do to boolean tensors and positions: `&`, aten.diff."""
+
+    def __init__(self, op: str):
+        super().__init__()
+        self.op = op
+
+    def forward(self, positions):
+        causal, later = positions[:, None] >= positions[None, :], positions[:, None] > 2
+        if self.op == "diff":
+            return torch.diff(positions, prepend=positions[:1] - 1)
+        return causal & later
+
+
+@pytest.mark.parametrize("module", [BooleanMaskAttention(), MaskOps("and"), MaskOps("diff")],
+                         ids=["sdpa-boolean-mask", "and", "diff"])
+@pytest.mark.xfail(strict=True, raises=StageFailure, reason="IREE 3.9 does not lower these ('failed to legalize "
+                   "operation'): scaled_dot_product_attention with a boolean mask, `&` of boolean tensors, "
+                   "aten.diff; the hf family rewrites the last two at export (EXPORT_DECOMPOSITIONS) and runs "
+                   "transformers' eager attention (README Findings)")
+def test_iree_lowers_what_transformers_masks_use(module, tmp_path):
+    if isinstance(module, BooleanMaskAttention):
+        args = tuple(torch.randn(1, 4, 16, 8, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    else:
+        args = (torch.arange(16),)
+    got = _compile_and_run(module, args, tmp_path / "mask_ops.mlir")
+    assert np.array_equal(got, module(*args).numpy())

@@ -133,7 +133,7 @@ def _inputs(tokens: torch.Tensor) -> dict:
 
 
 def _boolean(logical, bitwise, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """`&` / `|` as the logical op on boolean masks (which IREE lowers), bitwise on integers (block codes)."""
+    """`&` as the logical op on boolean masks (which IREE lowers), bitwise on integers (block codes)."""
     return (logical if a.dtype == torch.bool else bitwise)(a, b)
 
 
@@ -180,11 +180,9 @@ class HFModel(nn.Module):
     emulatable = False  # runs fp16 / bf16 natively (module docstring)
     streams_parts = False  # transformers builds the whole model: the layer check uses the resident one
     DTYPES = ("fp32", "fp16", "bf16", "int8", "q4_1", "w8a8_int8")  # IPEX's columns
-    # What transformers' masks use and IREE 3.9 does not lower: `&` and `|` of boolean masks, aten.diff (Findings).
+    # What transformers' masks use and IREE 3.9 does not lower: `&` of boolean masks, aten.diff (README Findings).
     EXPORT_DECOMPOSITIONS = {torch.ops.aten.__and__.Tensor: functools.partial(_boolean, torch.logical_and,
                                                                                torch.bitwise_and),
-                             torch.ops.aten.__or__.Tensor: functools.partial(_boolean, torch.logical_or,
-                                                                              torch.bitwise_or),
                              torch.ops.aten.diff.default: _diff}
     COMPILE_FLAGS = None  # the target's
 
