@@ -119,7 +119,8 @@ def run_configs(get: Callable[[str], object], check: str | None = None, family_n
                 raise HarnessError(f"--tp: {tp!r} is not a positive integer")
             tps.append(int(tp))
         matrix = [(model, _csv(get("dtype"), DEFAULT_DTYPES), tps, None)
-                  for model in _csv(get("model"), DEFAULT_MODELS) if family(model) in (None, family_name)]
+                  for model in _csv(get("model"), DEFAULT_MODELS)
+                  if family_name is None or family(model) in (None, family_name)]
     return [RunConfig(model, dtype, tp, get("seq_len"), t, get("eager_reference"),
                       eager_memory=get("eager_memory"))
             for model, dtypes, tps, _ in matrix for dtype in dtypes for tp in tps]
