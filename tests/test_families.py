@@ -37,3 +37,5 @@ def test_a_named_model_runs_in_its_familys_suite_alone(tmp_path):
     ids = {family: [c.id for c in matrix.run_configs(given.get, "end_to_end", family)] for family in FAMILIES}
     assert ids == {"llama": ["toy-gqa-fp32-tp1"], "mixtral": [], "t5": ["toy-t5-fp32-tp1"],
                    "hf": [f"{tmp_path}-fp32-tp1"]}
+    # Where no suite asks (the CLI, a user's own tests), every named model runs.
+    assert len(matrix.run_configs(given.get, "end_to_end")) == 3
