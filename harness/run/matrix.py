@@ -12,6 +12,7 @@ from harness.iree.targets import Target
 from harness.reference import families
 from harness.reference.hfauto.archs import ARCHS
 from harness.reference.registry import DEFAULT_MODELS, REGISTRY
+from harness.reference.weights.hf_dir import REFERENCE_MODEL_TYPES
 from harness.run.config import RunConfig
 
 DEFAULT_DTYPES = ("fp32", "fp16", "bf16")
@@ -91,7 +92,7 @@ def family(model: str) -> str | None:
         model_type = json.loads((path / "config.json").read_text()).get("model_type")
     except (OSError, ValueError, AttributeError):
         return None
-    return model_type if model_type in ("llama", "mixtral", "t5") else "hf"
+    return model_type if model_type in REFERENCE_MODEL_TYPES else "hf"
 
 
 def uses_default_matrix(get: Callable[[str], object]) -> bool:

@@ -132,9 +132,9 @@ def _inputs(tokens: torch.Tensor) -> dict:
     return {"input_ids": tokens, "use_cache": False}
 
 
-def _boolean(logical, bitwise, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """`&` as the logical op on boolean masks (which IREE lowers), bitwise on integers (block codes)."""
-    return (logical if a.dtype == torch.bool else bitwise)(a, b)
+def _and(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`&` as logical_and on boolean masks (which IREE lowers), bitwise on integers (block codes)."""
+    return torch.logical_and(a, b) if a.dtype == torch.bool else torch.bitwise_and(a, b)
 
 
 def _diff(x: torch.Tensor, n: int = 1, dim: int = -1, prepend=None, append=None) -> torch.Tensor:
@@ -181,9 +181,7 @@ class HFModel(nn.Module):
     streams_parts = False  # transformers builds the whole model: the layer check uses the resident one
     DTYPES = ("fp32", "fp16", "bf16", "int8", "q4_1", "w8a8_int8")  # IPEX's columns
     # What transformers' masks use and IREE 3.9 does not lower: `&` of boolean masks, aten.diff (README Findings).
-    EXPORT_DECOMPOSITIONS = {torch.ops.aten.__and__.Tensor: functools.partial(_boolean, torch.logical_and,
-                                                                               torch.bitwise_and),
-                             torch.ops.aten.diff.default: _diff}
+    EXPORT_DECOMPOSITIONS = {torch.ops.aten.__and__.Tensor: _and, torch.ops.aten.diff.default: _diff}
     COMPILE_FLAGS = None  # the target's
 
     def __init__(self, config: HFConfig):

@@ -21,6 +21,9 @@ from harness.reference.t5 import checkpoint as t5_checkpoint
 from harness.reference.t5.config import T5Config
 from harness.reference.weights import LazyTensors, LoadedWeights, expected_shapes, sha256_files
 
+# Model types with a reference of their own (llama, mixtral: reference/llama; t5: its encoder); any other type is the
+# hf family's, transformers' model as it is.
+REFERENCE_MODEL_TYPES = ("llama", "mixtral", "t5")
 # Seconds to wait for the Hub's first answer, so that a machine without network fails promptly.
 _HUB_TIMEOUT_S = 10
 
@@ -180,7 +183,7 @@ def _config(file: Path) -> LlamaConfig | T5Config | HFConfig:
     c = _json(file)
     if c.get("model_type") == "t5":
         return t5_checkpoint.config_from_hf(c, file)
-    if c.get("model_type") not in ("llama", "mixtral"):  # transformers' own model, as it is (reference/hfauto)
+    if c.get("model_type") not in REFERENCE_MODEL_TYPES:  # transformers' own model, as it is (reference/hfauto)
         if "model_type" not in c:
             raise HarnessError(f"{file}: missing model_type")
         # Not the stored dtype: the harness holds weights in fp32 and casts them to the configuration's dtype.
