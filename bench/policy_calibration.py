@@ -25,6 +25,22 @@ from tabulate import tabulate
 MEASURES = ("rmse", "max_abs", "channel", "position", "gain")
 
 
+def seeded_inputs(case, seq_len: int, seed: int):
+    """[1, seq_len] token ids for `case`'s model: a different stretch of the WikiText test file per seed for a
+    model with a tokenizer, seeded random ids for a toy."""
+    import torch
+
+    from harness.checks import Inputs
+    from harness.data.dataset import BUNDLED_PATH
+
+    if case.spec.real_text:
+        text = BUNDLED_PATH.read_text(encoding="utf-8")[20000 * seed:][: 8 * seq_len]
+        ids = case.spec.load_tokenizer().encode(text)[:seq_len]
+        return Inputs(torch.tensor([ids], dtype=torch.int64), f"wikitext from char {20000 * seed}")
+    gen = torch.Generator().manual_seed(seed)
+    return Inputs(torch.randint(0, case.weights.config.vocab_size, (1, seq_len), generator=gen), f"seed {seed}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for flag, default in (("--models", "toy-tp8,smollm2-135m"), ("--dtypes", "fp32,fp16,bf16"),
@@ -35,10 +51,8 @@ def main() -> None:
     warnings.simplefilter("ignore", FutureWarning)
     import torch
 
-    from harness.checks import Inputs
     from harness.checks.layers import LayerCheck
     from harness.common.host import machine
-    from harness.data.dataset import BUNDLED_PATH
     from harness.numerics.tolerance import judge
     from harness.run.case import Case
     from harness.run.config import RunConfig
@@ -55,14 +69,6 @@ def main() -> None:
         def judge(self, result, eager, oracle, *_, **__):
             return judge(result, eager, oracle, self.dtype, measures=MEASURES)
 
-    def inputs(case: Case, seq_len: int, seed: int) -> Inputs:
-        if case.spec.real_text:  # a different stretch of the WikiText test file per seed
-            text = BUNDLED_PATH.read_text(encoding="utf-8")[20000 * seed:][: 8 * seq_len]
-            ids = case.spec.load_tokenizer().encode(text)[:seq_len]
-            return Inputs(torch.tensor([ids], dtype=torch.int64), f"wikitext from char {20000 * seed}")
-        gen = torch.Generator().manual_seed(seed)
-        return Inputs(torch.randint(0, case.weights.config.vocab_size, (1, seq_len), generator=gen), f"seed {seed}")
-
     rows = []  # model, dtype, seq, seed, mode, part, {measure: ratio}
     for model in args.models.split(","):
         for dtype in args.dtypes.split(","):
@@ -71,7 +77,7 @@ def main() -> None:
                 policy = EveryMeasure(case.reference.variant.torch_dtype)
                 forward = case.candidate.forward(seq_len)
                 for seed in (int(s) for s in args.seeds.split(",")):
-                    x = inputs(case, seq_len, seed)
+                    x = seeded_inputs(case, seq_len, seed)
                     check = LayerCheck(case.candidate, case.reference, x, policy)
                     parts = [check.isolated(i) for i in range(-1, check.n_layers + 1)] + check.propagated()
                     parts += [dataclasses.replace(s, name=f"layer_{i}/{s.name}", mode="sub-block")

@@ -52,6 +52,7 @@ def pytest_configure(config):
         # before its record); xdist workers receive the made directory.
         Path(run_dir).mkdir(parents=True, exist_ok=True)
     config.harness_run_dir = Path(run_dir)
+    config.addinivalue_line("markers", "nightly: the heavy tier's test, skipped (visibly) without --nightly")
     config.harness_cases = {}
     try:
         options.apply_threads(config.getoption("threads"))
@@ -93,7 +94,12 @@ def _run_config(item) -> RunConfig | None:
 def pytest_collection_modifyitems(config, items):
     """`--shard i/N` keeps the i-th of N interleaved slices of the configurations (tests without one go
     to shard 1). Under `pytest -n N --dist loadgroup`, a configuration's tests stay on one worker: they
-    share its loaded weights and compiled modules."""
+    share its loaded weights and compiled modules. A test marked `nightly` is skipped without --nightly."""
+    if not config.getoption("nightly"):
+        tier = pytest.mark.skip(reason="nightly tier: run with --nightly")
+        for item in items:
+            if item.get_closest_marker("nightly"):
+                item.add_marker(tier)
     if config.harness_shard:
         keep = matrix.in_shard([c and c.id for c in map(_run_config, items)], config.harness_shard)
         config.hook.pytest_deselected(items=[item for item, k in zip(items, keep) if not k])

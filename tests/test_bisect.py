@@ -36,6 +36,7 @@ def test_toy_single_row_fault_is_localised(sub_block, dtype):
 
 
 @pytest.mark.slow
+@pytest.mark.nightly  # 46 s; the toys' single-row faults above run in the default tier
 def test_smollm2_fp16_single_row_fault_is_caught_and_localised():
     """x1.25 on one output row of layer 15's down_proj drowns in the residual stream at the layer's output
     (0.1 of the aggregate budget there) and stands out at the projection's own output, per channel."""
@@ -56,7 +57,8 @@ def test_clean_toy_has_no_divergence(dtype):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault", [weight_fault(0, "q_proj"), weight_fault(29, "down_proj")], ids=lambda f: f.id)
+@pytest.mark.parametrize("fault", [pytest.param(weight_fault(0, "q_proj"), marks=pytest.mark.nightly),
+                                   weight_fault(29, "down_proj")], ids=lambda f: f.id)
 def test_smollm2_fault_is_localised(fault):
     rec = Case(RunConfig("smollm2-135m", "fp32"), fault=fault).run(bisect.bisect)
     assert (rec["layer"], rec["sub_block"]) == (f"layer_{fault.layer}", fault.sub_block), bisect.format_bisect(rec)

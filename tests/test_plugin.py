@@ -15,6 +15,8 @@ from harness.reporting import records
 PROJECT = Path(__file__).resolve().parents[1]
 
 USER_TEST = """
+import pytest
+
 from harness.checks import end_to_end
 
 
@@ -23,6 +25,11 @@ def test_my_model(case, write_record, golden_dir):
     write_record(rec)
     assert rec["verdict"]["passed"], rec["verdict"]["reason"]
     assert case.config.id == "toy-gqa-fp32-tp1" and golden_dir.name == "golden"
+
+
+@pytest.mark.nightly
+def test_heavy():
+    pass
 """
 
 
@@ -31,12 +38,13 @@ def test_plugin_in_a_users_repository(pytester, monkeypatch):
     pytester.makepyfile(test_mine=USER_TEST)
     assert not list(pytester.path.glob("conftest.py"))
     result = pytester.runpytest_subprocess("--model", "toy-gqa", "--dtype", "fp32", "--report-dir", "out",
-                                           "--run-name", "r", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*harness report: out/r/summary.md*"])
+                                           "--run-name", "r", "-p", "no:cacheprovider", "-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*harness report: out/r/summary.md*", "SKIPPED*nightly tier: run with --nightly"])
     recs = [json.loads(line) for line in (pytester.path / "out/r/records.jsonl").read_text().splitlines()]
     assert [r["kind"] for r in recs] == ["plan", "end_to_end"] and recs[1]["config"] == "toy-gqa-fp32-tp1"
     assert recs[0]["checks"] == [["my_model", "toy-gqa-fp32-tp1"]] and not records.missing(recs)
+    pytester.runpytest_subprocess("--nightly", "-k", "heavy", "--report-dir", "out").assert_outcomes(passed=1)
     assert "--iree-hal-target-device" in pytester.runpytest_subprocess("--help").stdout.str()
 
 

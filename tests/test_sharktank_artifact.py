@@ -88,6 +88,7 @@ def test_sharktank_reference_reads_the_export(toy):
     assert (plan.shape.stride, plan.shape.batches, plan.chunks) == (16, (1, 4), (16, 16, 8))
 
 
+@pytest.mark.nightly  # 35 s: two devices' programs; the one-device exports are checked in the default tier
 def test_a_pipeline_parallel_export_runs_on_two_devices(monkeypatch):
     """sharktank's toy on 2 devices (layers 0-1 and 2, one cache each): decode and the cache (joined from the two
     devices' parts of every page, against eager's whole cache) as on one device. Reading the pages as if device
