@@ -141,12 +141,13 @@ def structured(result: torch.Tensor, eager: torch.Tensor, oracle: torch.Tensor, 
 
 def judge(result: torch.Tensor, eager: torch.Tensor, oracle: torch.Tensor, dtype: torch.dtype,
           reference: str = "eager", oracle_name: str = "fp64 oracle", multiple: float | None = None,
-          measures: tuple[str, ...] | None = None) -> Verdict:
+          measures: tuple[str, ...] | None = None, floor: float | None = None) -> Verdict:
     """Judge `result` (e.g. the compiled output) for a model run in `dtype`, against the error of
     `eager` (or of another `reference`, so named in the reason: e.g. the compiled TP 1 model), both
     measured against `oracle` (the fp64 oracle, unless `oracle_name` says otherwise), with the dtype's
     multiples unless `multiple` is given, on the `measures` named (default: the aggregate ones; every
-    measure is recorded, only these decide)."""
+    measure is recorded, only these decide). `floor`: an absolute floor of the aggregate budgets in place of
+    the ulp floor (W8A8's fp32 rounding budget, `rounding_budget`)."""
     if not metrics.all_finite(result):
         n_bad = int((~torch.isfinite(result)).sum())
         return Verdict(False, f"{n_bad} non-finite values (NaN/Inf)", float("inf"), {}, {})
@@ -156,9 +157,9 @@ def judge(result: torch.Tensor, eager: torch.Tensor, oracle: torch.Tensor, dtype
     multiples = MULTIPLES[dtype] if multiple is None else dict.fromkeys(MULTIPLES[dtype], multiple)
     errors = {"rmse": metrics.rmse(result, oracle), "max_abs": metrics.max_abs(result, oracle)}
     reference_errors = {"rmse": metrics.rmse(eager, oracle), "max_abs": metrics.max_abs(eager, oracle)}
-    budgets = {"rmse": budget(reference_errors["rmse"], metrics.rms(oracle), dtype, multiples["rmse"], "rmse"),
-               "max_abs": budget(reference_errors["max_abs"], float(oracle.abs().max()), dtype, multiples["max_abs"],
-                                 "max_abs")}
+    scales = {"rmse": metrics.rms(oracle), "max_abs": float(oracle.abs().max())}
+    budgets = {m: budget(reference_errors[m], scales[m], dtype, multiples[m], m) if floor is None else
+               multiples[m] * reference_errors[m] + floor for m in AGGREGATE}
     where = {}
     for name, (error, bound, ref_error, index) in structured(result, eager, oracle, dtype, multiples).items():
         errors[name], budgets[name], reference_errors[name], where[name] = error, bound, ref_error, index
@@ -168,10 +169,19 @@ def judge(result: torch.Tensor, eager: torch.Tensor, oracle: torch.Tensor, dtype
     label = {"channel": "rmse of channel", "position": "rmse of position", "gain": "gain error of channel"}
     what = f"{label[worst]} {where[worst]}" if worst in where else worst
     used = multiples[worst]
+    floor_name = f"{FLOOR_ULPS[worst]:g} ulp floor" if floor is None else f"fp32 rounding budget {floor:.3g}"
     reason = (f"{what} vs {oracle_name} {errors[worst]:.3g} "
               f"{'<=' if passed else '>'} budget {budgets[worst]:.3g} ({used:g} x {reference} "
-              f"{str(dtype).removeprefix('torch.')} error + {FLOOR_ULPS[worst]:g} ulp floor)")
+              f"{str(dtype).removeprefix('torch.')} error + {floor_name})")
     return Verdict(passed, reason, ratios[worst], errors, budgets, reference_errors, where, worst)
+
+
+def rounding_budget(fp32: torch.Tensor, fp32_oracle: torch.Tensor) -> float:
+    """How far fp32 rounding alone may move an output of this model: the fp32 policy's RMSE budget for the
+    unquantized model's eager error against its fp64 oracle. A W8A8 budget's share for the arithmetic between
+    the quantizers, which moves compiled and eager apart without flipping a code."""
+    return budget(metrics.rmse(fp32, fp32_oracle), metrics.rms(fp32_oracle), torch.float32,
+                  MULTIPLES[torch.float32]["rmse"], "rmse")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,7 +212,8 @@ def perplexity_budget(dtype: str) -> PerplexityBudget:
 class Policy:
     """How one configuration (`dtype`, a --dtype name) is judged: its multiple and measures, and its
     perplexity budgets. W8A8 variants are judged against eager under rounding-sized noise at their
-    quantizers, with eager as the oracle, on RMSE alone, multiple 1 (transforms/w8a8.py says why)."""
+    quantizers, with eager as the oracle, on RMSE alone, multiple 1, plus the unquantized model's fp32 rounding
+    budget (transforms/w8a8.py says why)."""
 
     dtype: str
     noisy_reference: bool = False
@@ -216,12 +227,14 @@ class Policy:
         return perplexity_budget(self.dtype)
 
     def judge(self, result: torch.Tensor, eager: torch.Tensor, oracle: torch.Tensor,
-              reference: str = "eager", oracle_name: str = "fp64 oracle", isolated: bool = False) -> Verdict:
+              reference: str = "eager", oracle_name: str = "fp64 oracle", isolated: bool = False,
+              rounding: float | None = None) -> Verdict:
         """`isolated`: the result and eager ran on the same input (a part of the layer check's isolated mode),
-        so the structured measures judge too (`measures`)."""
+        so the structured measures judge too (`measures`). `rounding`: a W8A8 budget's fp32 share
+        (`rounding_budget`), in place of its ulp floor."""
         if self.noisy_reference:
             return judge(result, eager, oracle, self.torch_dtype, reference, oracle_name, multiple=1.0,
-                         measures=("rmse",))
+                         measures=("rmse",), floor=rounding)
         return judge(result, eager, oracle, self.torch_dtype, reference, oracle_name,
                      measures=measures(self.torch_dtype, isolated))
 

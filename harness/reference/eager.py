@@ -360,3 +360,9 @@ class Reference:
     def fp32(self) -> EagerModel:
         """Eager fp32 without quantization: what a lower precision or a quantization is measured against."""
         return self._model(Variant(self.weights, "fp32", self.attention), None, "eager-fp32")
+
+    @cached_property
+    def fp32_oracle(self) -> EagerModel:
+        """The fp64 oracle without quantization: against it, `fp32` shows what fp32 rounding alone does to this
+        model (a share of a W8A8 budget, numerics/tolerance.py)."""
+        return self._model(Variant(self.weights, "fp32", self.attention), torch.float64, "oracle-fp64-unquantized")

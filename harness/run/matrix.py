@@ -41,13 +41,12 @@ DEFAULT_MATRIX = (
     *((f"hf-{arch}", ("fp32", "bf16"), (1,), ("end_to_end",)) for arch in ARCHS if arch not in HF_VARIANTS),
 )
 # What the nightly tier adds: SmolLM2 at TP 3 and the mixture of experts at TP 2 (every check), the architectures'
-# variants, and the rest of their dtype matrix (IPEX's columns: fp16, weight-only int8 and int4 as Q4_1 blocks; a
-# mixture of experts' quantization is not built, and W8A8, which the hf family builds, is left out: its noisy-eager
-# budget, calibrated on llama, is exceeded by 10-20 % on clean phi3 and codegen: README).
+# variants, and the rest of their dtype matrix (IPEX's columns: fp16, weight-only int8 and int4 as Q4_1 blocks,
+# static W8A8 int8; a mixture of experts' quantization is not built).
 NIGHTLY_MATRIX = (
     ("smollm2-135m", ("fp32",), (3,), None), ("toy-moe", ("fp32",), (2,), None),
     *((f"hf-{arch}", ("fp32", "bf16"), (1,), None) for arch in HF_VARIANTS),
-    *((f"hf-{arch}", ("fp16",) + (("int8", "q4_1") if not c.experts else ()), (1,), None)
+    *((f"hf-{arch}", ("fp16",) + (("int8", "q4_1", "w8a8_int8") if not c.experts else ()), (1,), None)
       for arch, c in ARCHS.items()),
 )
 
