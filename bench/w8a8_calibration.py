@@ -69,6 +69,7 @@ def main() -> None:
     print(f"\n{m['cpu']} (LLVM {m['llvm_cpu']}), {m['threads']} threads; W8A8 int8 logit RMSE against eager; noise "
           f"relative {args.relative:.3g}, {args.noise_seeds} noise seeds, input seeds {args.inputs}; "
           "ratio = RMSE / (the largest noise RMSE of the first k noise seeds + the fp32 rounding budget)")
+
     def ratio(value, row, k):
         return value / (max(row[3][:k]) + row[5])
 

@@ -91,15 +91,19 @@ def _run_config(item) -> RunConfig | None:
     return config if isinstance(config, RunConfig) else None
 
 
+def _outside_tier(item) -> bool:
+    """Whether the item is marked `nightly` and this run is not the nightly tier."""
+    return item.get_closest_marker("nightly") is not None and not item.config.getoption("nightly")
+
+
 def pytest_collection_modifyitems(config, items):
     """`--shard i/N` keeps the i-th of N interleaved slices of the configurations (tests without one go
     to shard 1). Under `pytest -n N --dist loadgroup`, a configuration's tests stay on one worker: they
     share its loaded weights and compiled modules. A test marked `nightly` is skipped without --nightly."""
-    if not config.getoption("nightly"):
-        tier = pytest.mark.skip(reason="nightly tier: run with --nightly")
-        for item in items:
-            if item.get_closest_marker("nightly"):
-                item.add_marker(tier)
+    tier = pytest.mark.skip(reason="nightly tier: run with --nightly")
+    for item in items:
+        if _outside_tier(item):
+            item.add_marker(tier)
     if config.harness_shard:
         keep = matrix.in_shard([c and c.id for c in map(_run_config, items)], config.harness_shard)
         config.hook.pytest_deselected(items=[item for item, k in zip(items, keep) if not k])
@@ -111,12 +115,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_collection_finish(session):
-    """The run's plan: every (check, configuration) it sets out to check (under xdist each worker writes the
-    same plan; a reader takes their union)."""
+    """The run's plan: every (check, configuration) it sets out to check, a nightly-tier test outside that tier
+    not (under xdist each worker writes the same plan; a reader takes their union)."""
     if session.config.option.collectonly:
         return
     checks = [(item.function.__name__.removeprefix("test_"), rc.id) for item in session.items
-              if (rc := _run_config(item)) is not None]
+              if (rc := _run_config(item)) is not None and not _outside_tier(item)]
     if checks:
         records.append(session.config.harness_run_dir / "records.jsonl",
                        records.plan(checks, session.config.getoption("shard")))

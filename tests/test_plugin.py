@@ -28,8 +28,8 @@ def test_my_model(case, write_record, golden_dir):
 
 
 @pytest.mark.nightly
-def test_heavy():
-    pass
+def test_heavy(case, write_record):
+    write_record(case.run(end_to_end.check))
 """
 
 
@@ -39,12 +39,14 @@ def test_plugin_in_a_users_repository(pytester, monkeypatch):
     assert not list(pytester.path.glob("conftest.py"))
     result = pytester.runpytest_subprocess("--model", "toy-gqa", "--dtype", "fp32", "--report-dir", "out",
                                            "--run-name", "r", "-p", "no:cacheprovider", "-rs")
+    # Outside its tier a nightly test is skipped, visibly, and left out of the plan; with --nightly it runs.
     result.assert_outcomes(passed=1, skipped=1)
     result.stdout.fnmatch_lines(["*harness report: out/r/summary.md*", "SKIPPED*nightly tier: run with --nightly"])
     recs = [json.loads(line) for line in (pytester.path / "out/r/records.jsonl").read_text().splitlines()]
     assert [r["kind"] for r in recs] == ["plan", "end_to_end"] and recs[1]["config"] == "toy-gqa-fp32-tp1"
     assert recs[0]["checks"] == [["my_model", "toy-gqa-fp32-tp1"]] and not records.missing(recs)
-    pytester.runpytest_subprocess("--nightly", "-k", "heavy", "--report-dir", "out").assert_outcomes(passed=1)
+    pytester.runpytest_subprocess("--nightly", "-k", "heavy", "--model", "toy-gqa", "--dtype", "fp32",
+                                  "--report-dir", "out").assert_outcomes(passed=1)
     assert "--iree-hal-target-device" in pytester.runpytest_subprocess("--help").stdout.str()
 
 

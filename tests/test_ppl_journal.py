@@ -94,7 +94,8 @@ def test_a_killed_run_resumes_to_the_same_statistics(short_text, tmp_path):
     proc.wait()
     finished = len(list(journal.glob("window-*.npz")))
     assert 4 <= finished < 12, finished
-    # What the CLI answers in one line, exit status 2 (tests/test_bad_input.py), without two more processes.
+    # The refusals themselves, without two more processes (the CLI answers a HarnessError in one line with exit
+    # status 2: tests/test_bad_input.py, and this refusal through it: tests/test_nightly_gate.py).
     with pytest.raises(HarnessError, match="--resume it"):
         records.new_run_dir(tmp_path, "killed", resume=False)
     with pytest.raises(HarnessError, match="--resume: name the run to resume"):

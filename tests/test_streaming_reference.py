@@ -87,12 +87,17 @@ def test_a_streamed_model_computes_the_built_models_logits(dtype):
 def test_auto_streams_a_reference_that_would_not_fit_the_machine(monkeypatch):
     weights = resolve("toy-gqa").load_weights()
     need = resident_bytes(weights.config)
+    w8a8_refused = r"--dtype w8a8_int8: W8A8 calibration and judgement run whole models \(quantized and not"
+    monkeypatch.setattr(eager, "machine_bytes", lambda: 5 * need)
+    fits = Reference("toy-gqa", weights, "w8a8_int8", calibration_batches=lambda: [torch.zeros(1, 8, dtype=torch.int64)])
+    assert fits.eager  # four whole models: twice the resident reference
     monkeypatch.setattr(eager, "machine_bytes", lambda: 3 * need)
     assert not Reference("toy-gqa", weights, "fp32").streaming
+    with pytest.raises(HarnessError, match=w8a8_refused):
+        Reference("toy-gqa", weights, "w8a8_int8").eager
     monkeypatch.setattr(eager, "machine_bytes", lambda: need)
     assert Reference("toy-gqa", weights, "fp32").streaming
-    with pytest.raises(HarnessError, match=r"--dtype w8a8_int8: W8A8 calibration runs the whole fp32 model, and the "
-                                           r"reference is streamed \(--eager-memory auto: 0.0 GiB resident"):
+    with pytest.raises(HarnessError, match=w8a8_refused):
         Reference("toy-gqa", weights, "w8a8_int8").eager
     with pytest.raises(HarnessError, match="--eager-memory 'lots': choose from auto, resident, streaming"):
         RunConfig("toy-gqa", "fp32", eager_memory="lots")

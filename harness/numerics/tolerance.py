@@ -146,8 +146,8 @@ def judge(result: torch.Tensor, eager: torch.Tensor, oracle: torch.Tensor, dtype
     `eager` (or of another `reference`, so named in the reason: e.g. the compiled TP 1 model), both
     measured against `oracle` (the fp64 oracle, unless `oracle_name` says otherwise), with the dtype's
     multiples unless `multiple` is given, on the `measures` named (default: the aggregate ones; every
-    measure is recorded, only these decide). `floor`: an absolute floor of the aggregate budgets in place of
-    the ulp floor (W8A8's fp32 rounding budget, `rounding_budget`)."""
+    measure is recorded, only these decide). `floor`: an absolute floor of the RMSE budget in place of its
+    ulp floor (W8A8's fp32 rounding budget, `rounding_budget`)."""
     if not metrics.all_finite(result):
         n_bad = int((~torch.isfinite(result)).sum())
         return Verdict(False, f"{n_bad} non-finite values (NaN/Inf)", float("inf"), {}, {})
@@ -157,9 +157,10 @@ def judge(result: torch.Tensor, eager: torch.Tensor, oracle: torch.Tensor, dtype
     multiples = MULTIPLES[dtype] if multiple is None else dict.fromkeys(MULTIPLES[dtype], multiple)
     errors = {"rmse": metrics.rmse(result, oracle), "max_abs": metrics.max_abs(result, oracle)}
     reference_errors = {"rmse": metrics.rmse(eager, oracle), "max_abs": metrics.max_abs(eager, oracle)}
-    scales = {"rmse": metrics.rms(oracle), "max_abs": float(oracle.abs().max())}
-    budgets = {m: budget(reference_errors[m], scales[m], dtype, multiples[m], m) if floor is None else
-               multiples[m] * reference_errors[m] + floor for m in AGGREGATE}
+    budgets = {"rmse": budget(reference_errors["rmse"], metrics.rms(oracle), dtype, multiples["rmse"], "rmse")
+               if floor is None else multiples["rmse"] * reference_errors["rmse"] + floor,
+               "max_abs": budget(reference_errors["max_abs"], float(oracle.abs().max()), dtype, multiples["max_abs"],
+                                 "max_abs")}
     where = {}
     for name, (error, bound, ref_error, index) in structured(result, eager, oracle, dtype, multiples).items():
         errors[name], budgets[name], reference_errors[name], where[name] = error, bound, ref_error, index
@@ -169,7 +170,8 @@ def judge(result: torch.Tensor, eager: torch.Tensor, oracle: torch.Tensor, dtype
     label = {"channel": "rmse of channel", "position": "rmse of position", "gain": "gain error of channel"}
     what = f"{label[worst]} {where[worst]}" if worst in where else worst
     used = multiples[worst]
-    floor_name = f"{FLOOR_ULPS[worst]:g} ulp floor" if floor is None else f"fp32 rounding budget {floor:.3g}"
+    floor_name = f"fp32 rounding budget {floor:.3g}" if floor is not None and worst == "rmse" else \
+        f"{FLOOR_ULPS[worst]:g} ulp floor"
     reason = (f"{what} vs {oracle_name} {errors[worst]:.3g} "
               f"{'<=' if passed else '>'} budget {budgets[worst]:.3g} ({used:g} x {reference} "
               f"{str(dtype).removeprefix('torch.')} error + {floor_name})")
@@ -233,6 +235,8 @@ class Policy:
         so the structured measures judge too (`measures`). `rounding`: a W8A8 budget's fp32 share
         (`rounding_budget`), in place of its ulp floor."""
         if self.noisy_reference:
+            if rounding is None:
+                raise ValueError(f"{self.dtype}: a judgement against a noisy eager takes its fp32 rounding budget")
             return judge(result, eager, oracle, self.torch_dtype, reference, oracle_name, multiple=1.0,
                          measures=("rmse",), floor=rounding)
         return judge(result, eager, oracle, self.torch_dtype, reference, oracle_name,

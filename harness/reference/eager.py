@@ -315,11 +315,13 @@ class Reference:
         plain = Variant(self.weights, self.dtype, self.attention)
         if plain.quant not in w8a8.SCHEMES:
             return plain
-        if self.streaming:
-            resident = resident_bytes(self.weights.config) / 2**30
-            raise HarnessError(f"--dtype {self.dtype}: W8A8 calibration runs the whole fp32 model, and the reference "
-                               f"is streamed (--eager-memory {self.memory}: {resident:.1f} GiB resident, "
-                               f"{machine_bytes() / 2**30:.1f} GiB on this machine)")
+        # Its end-to-end judgement holds four whole models: eager W8A8, its fp64 oracle, and the unquantized pair
+        # that sizes the budget's fp32 rounding share (fp32, fp32_oracle): twice the resident reference.
+        resident = 2 * resident_bytes(self.weights.config)
+        if self.streaming or resident > RESIDENT_SHARE * machine_bytes():
+            raise HarnessError(f"--dtype {self.dtype}: W8A8 calibration and judgement run whole models (quantized and "
+                               f"not, eager and fp64: {resident / 2**30:.1f} GiB), over half of this machine's "
+                               f"{machine_bytes() / 2**30:.1f} GiB or streamed (--eager-memory {self.memory})")
         return dataclasses.replace(plain, calibration=w8a8.calibrate(self.fp32.model, self.calibration_batches()))
 
     def _spec(self, which: str) -> tuple[torch.dtype | None, str, torch.dtype | None]:

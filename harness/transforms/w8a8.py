@@ -35,7 +35,8 @@ Calibration (bench/w8a8_calibration.py, AMD EPYC znver5, 2026-12-07): toy-tp8 an
 architectures whose fp32 column passes, 5 input seeds each, 60 inputs. Compiled vs eager: no code flipped in
 51 (RMSE 1.2e-7 to 3e-7; rounding budgets 1.7e-5 to 4e-5), one or a few in 9 (1.1e-4 to 3.6e-3); the worst
 ratio 0.82 (mistral, input 3: 2.35e-3 against noise 2.83e-3), margin 1.2. The planted fault (`truncated_codes`:
-the middle projection's codes truncated) fails in all 60, the weakest at 1.02x (stablelm) and 1.05x (qwen2), the median
+the middle projection's codes truncated) fails in all 60, but the weakest only at 1.02x (stablelm) and 1.05x (qwen2),
+a 2 % margin (such a fault can pass on another input); the median
 per model 1.5x (toy) to 600x: an end-to-end judgement that a single projection's rounding is wrong is near its
 limit on these small random models, whose every flip travels chaotically. 8 noise seeds instead of 3 leave the
 worst clean ratio at 0.82 and weaken the fault to 1.00x. On SmolLM2 the int8
