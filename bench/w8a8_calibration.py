@@ -4,7 +4,9 @@ rounding-sized noise at its quantizers for each noise seed (`noise`: code flips)
 unquantized model (`rounding`: the arithmetic between the quantizers), and eager with one projection's
 activation codes truncated instead of rounded (`fault`: the middle W8A8 projection of the model). The budget
 is the largest noise RMSE of the first k noise seeds + the rounding budget; a clean compiled program must sit
-below it with a margin, the fault above it.
+below it with a margin, the fault above it. Then the layer check and bisection per model on its default input:
+the clean program's worst part (isolated, propagated), and where bisection puts the same fault planted in the
+compiled layer 1's MLP (`code_fault`).
 
     .venv/bin/python bench/w8a8_calibration.py [--models toy-tp8,hf-llama,...] [--inputs 0,1,2,3,4]
         [--noise-seeds 8] [--relative 9.5367e-07] [--out w8a8.json]
@@ -89,6 +91,29 @@ def main() -> None:
         compiled = max(ratio(r[2], r, k) for r in rows)
         fault = min(ratio(r[4], r, k) for r in rows)
         print(f"k = {k}: worst clean ratio {compiled:.2f} (margin {1 / compiled:.1f}), weakest fault {fault:.2f}")
+    print(tabulate([layer_row(model) for model in args.models.split(",")], tablefmt="github", headers=[
+        "model", "clean: worst isolated part", "clean: worst propagated part", "fault in layer 1's MLP: bisected to"]))
+
+
+def layer_row(model: str) -> list:
+    from harness.checks import bisect, layers
+    from harness.reference.families import sub_blocks
+    from harness.run.case import Case
+    from harness.run.config import RunConfig
+    from harness.transforms.faults import code_fault
+
+    clean = Case(RunConfig(model, "w8a8_int8")).run(layers.compare)["parts"]
+    worst = {mode: max((p for p in clean if p["mode"] == mode), key=lambda p: p["ratio"]) for mode in
+             ("isolated", "propagated")}
+    case = Case(RunConfig(model, "w8a8_int8"))
+    sub_block = "mlp" if "mlp" in sub_blocks(case.weights.config) else "down_proj"
+    try:
+        rec = Case(RunConfig(model, "w8a8_int8"), fault=code_fault(1, sub_block)).run(bisect.bisect)
+        found = (f"{rec['layer']} {rec['sub_block']} ({rec['layer_row']['ratio']:.1f}x)" if rec["diverged"] else
+                 "nothing")
+    except Exception as e:  # a compile failure of the faulted program
+        found = f"{type(e).__name__}: {str(e).splitlines()[0][:60]}"
+    return [model, *(f"{w['part']} {w['ratio']:.2f}" for w in worst.values()), found]
 
 
 if __name__ == "__main__":

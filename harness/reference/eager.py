@@ -353,8 +353,9 @@ class Reference:
     def parts(self, which: str) -> EagerParts:
         """The parts of `which` ("eager" or "oracle") built one at a time from the weights (StreamingParts: what
         the layer check and bisection use, so they never hold the whole model), or for a family whose parts are
-        not built alone (a transformers model), the resident model's."""
-        if not self.family.streams_parts:
+        not built alone (a transformers model) or for a W8A8 variant (its judgement puts noise into the resident
+        model's quantizers), the resident model's."""
+        if not self.family.streams_parts or self.variant.quant in w8a8.SCHEMES:
             return (self.eager if which == "eager" else self.oracle).parts()
         return StreamingParts(self.variant, *self._spec(which))
 

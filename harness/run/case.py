@@ -130,10 +130,10 @@ class Case:
         family = model_class(self.weights.config)
         if family.CHECKS is not None and check not in family.CHECKS:
             return f"{self.config.name} ({family_name(self.weights.config)} family): {family.WHY_NOT}"
-        if check in ("layers", "bisect", *SERVING_CHECKS) and self.policy.noisy_reference:
+        if check in SERVING_CHECKS and self.policy.noisy_reference:
             return (f"{self.config.dtype}'s activation quantizers flip codes between any two computations: it is "
-                    "judged end to end against a noisy eager (transforms/w8a8.py); a judgement per part or per "
-                    "serving call is not built")
+                    "judged against a noisy eager, end to end and part by part (transforms/w8a8.py); a judgement "
+                    "per serving call is not built")
         reason = self.candidate.unsupported(check)
         if not reason and check in SERVING_CHECKS and self.reference.streaming:
             reason = (f"the serving checks need the resident eager model, and {self.config.name}'s reference is "

@@ -12,6 +12,7 @@ from torch import nn
 from harness.reference.hfauto.model import HFModel
 from harness.reference.llama.model import Llama
 from harness.reference.llama.paged import DEFECTS
+from harness.transforms.w8a8 import W8A8Linear, truncate_codes
 
 # Which parameter of a decoder layer feeds each sub-block that has one.
 SUB_BLOCK_PARAMS = {
@@ -27,7 +28,8 @@ class Fault:
     """`kind` "weight": a parameter of the sub-block perturbed in the archive (scaled by `scale`; only its
     output `row` where given; only element [`row`, `col`] where both are, or that element replaced by
     `value`); "op": a wrong op in the program; "paged": a serving defect (reference/llama/paged.py's
-    DEFECTS, named by `sub_block`) in the layer's cache traffic."""
+    DEFECTS, named by `sub_block`) in the layer's cache traffic; "codes": a W8A8 int8 projection of the
+    sub-block truncating its activation codes instead of rounding them."""
 
     layer: int
     sub_block: str  # where bisection must find it
@@ -67,6 +69,18 @@ def fault_parameter(model: nn.Module, fault: Fault) -> nn.Parameter:
     return model.layers[fault.layer].get_parameter(fault_param(fault.sub_block))
 
 
+def fault_projection(model: nn.Module, fault: Fault) -> W8A8Linear:
+    """The W8A8 projection a code fault truncates: the sub-block's (for a transformers model, the first in the
+    block's child named by the sub-block)."""
+    root = (model.blocks[fault.layer].get_submodule(fault.sub_block) if isinstance(model, HFModel) else
+            model.layers[fault.layer].get_submodule(fault_param(fault.sub_block).removesuffix(".weight")))
+    found = [m for m in root.modules() if isinstance(m, W8A8Linear) and m.fmt == "int8"]
+    if not found:
+        raise ValueError(f"a code fault truncates an int8 W8A8 projection's activation codes: layer {fault.layer}'s "
+                         f"{fault.sub_block} has none (--dtype w8a8_int8)")
+    return found[0]
+
+
 def plant_fault(model: Llama, fault: Fault | None) -> Llama:
     """`model` with `fault` planted (none: as it is)."""
     if fault is None:
@@ -80,6 +94,8 @@ def plant_fault(model: Llama, fault: Fault | None) -> Llama:
         param.data = data
     elif fault.kind == "paged":
         model.paged_defects = {fault.layer: fault.sub_block}
+    elif fault.kind == "codes":
+        truncate_codes(fault_projection(model, fault))
     elif not isinstance(model, Llama):
         raise ValueError(f"an op fault swaps the llama family's SwiGLU activation: {type(model).__name__} has none")
     else:  # SwiGLU computed with GELU instead of SiLU (every expert's, in a mixture of experts)
@@ -102,6 +118,10 @@ def row_fault(layer: int, sub_block: str, row: int, scale: float) -> Fault:
     """One output row of a projection (one output channel) scaled by `scale`: what a miscompiled tile or
     lane does, where rounding noise is spread over every channel."""
     return dataclasses.replace(weight_fault(layer, sub_block), row=row, scale=scale)
+
+
+def code_fault(layer: int, sub_block: str) -> Fault:
+    return Fault(layer, sub_block, "codes")
 
 
 def op_fault(layer: int) -> Fault:
