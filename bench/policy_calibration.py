@@ -25,6 +25,13 @@ from tabulate import tabulate
 MEASURES = ("rmse", "max_abs", "channel", "position", "gain")
 
 
+def write_rows(rows: list, path: str) -> None:
+    """Every measurement as JSON at `path` (none given: nothing written)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(rows, f)
+
+
 def seeded_inputs(case, seq_len: int, seed: int):
     """[1, seq_len] token ids for `case`'s model: a different stretch of the WikiText test file per seed for a
     model with a tokenizer, seeded random ids for a toy."""
@@ -91,12 +98,11 @@ def main() -> None:
                         rows.append([model, dtype, seq_len, seed, mode, name, ratios])
                     worst = {m: max(r[6][m] for r in rows if r[:4] == [model, dtype, seq_len, seed]) for m in MEASURES}
                     print(model, dtype, seq_len, seed, {m: round(v, 2) for m, v in worst.items()}, flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f)
+    write_rows(rows, args.out)
     m = machine()
     print(f"\n{m['cpu']} (LLVM {m['llvm_cpu']}), {m['threads']} threads; compiled / eager error against the fp64 "
-          f"oracle, error / budget under the policy in force, over every part and end to end; sequence lengths {args.seq_lens}, seeds {args.seeds}")
+          f"oracle, error / budget under the policy in force, over every part and end to end; sequence lengths "
+          f"{args.seq_lens}, seeds {args.seeds}")
     table = []
     for dtype in args.dtypes.split(","):
         for model in args.models.split(","):

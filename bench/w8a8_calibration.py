@@ -4,8 +4,8 @@ rounding-sized noise at its quantizers for each noise seed (`noise`: code flips)
 unquantized model (`rounding`: the arithmetic between the quantizers), and eager with one projection's
 activation codes truncated instead of rounded (`fault`: the middle W8A8 projection of the model). The budget
 is the largest noise RMSE of the first k noise seeds + the rounding budget; a clean compiled program must sit
-below it with a margin, the fault above it. Then the layer check and bisection per model on its default input:
-the clean program's worst part (isolated, propagated), and where bisection puts the same fault planted in the
+below it with a margin, the fault above it. Then the layer check and bisection per model: the clean program's
+worst part (isolated, propagated) over the same inputs, and where bisection puts the same fault planted in the
 compiled layer 1's MLP (`code_fault`).
 
     .venv/bin/python bench/w8a8_calibration.py [--models toy-tp8,hf-llama,...] [--inputs 0,1,2,3,4]
@@ -15,13 +15,12 @@ compiled layer 1's MLP (`code_fault`).
 from __future__ import annotations
 
 import argparse
-import json
 import warnings
 
 import numpy as np
 from tabulate import tabulate
 
-from policy_calibration import seeded_inputs
+from policy_calibration import seeded_inputs, write_rows
 
 # The transformers architectures whose fp32 and weight-only columns pass (the others meet IREE defects first:
 # README, the hf matrix), and the llama toy the budget was first set on.
@@ -64,9 +63,7 @@ def main() -> None:
             rows.append((model, seed, rmse(forward.logits(tokens), exact), noise, fault, rounding))
             print(model, seed, f"compiled {rows[-1][2]:.3g} noise {min(noise):.3g}..{max(noise):.3g} "
                   f"fault {fault:.3g} rounding {rounding:.3g}", flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f)
+    write_rows(rows, args.out)
     m = machine()
     print(f"\n{m['cpu']} (LLVM {m['llvm_cpu']}), {m['threads']} threads; W8A8 int8 logit RMSE against eager; noise "
           f"relative {args.relative:.3g}, {args.noise_seeds} noise seeds, input seeds {args.inputs}; "
@@ -78,7 +75,7 @@ def main() -> None:
     table = []
     for model in dict.fromkeys(r[0] for r in rows):
         sel = [r for r in rows if r[0] == model]
-        for k in (3, args.noise_seeds):
+        for k in sorted({3, args.noise_seeds}):
             compiled = np.array([ratio(r[2], r, k) for r in sel])
             fault = np.array([ratio(r[4], r, k) for r in sel])
             flipless = sum(max(r[3][:k]) == 0 for r in sel)
@@ -87,25 +84,29 @@ def main() -> None:
     print(tabulate(table, tablefmt="github", headers=[
         "model", "noise seeds k", "compiled ratio: median / max", "fault ratio: min / median",
         "inputs the noise flips nothing in"]))
-    for k in (3, args.noise_seeds):
+    for k in sorted({3, args.noise_seeds}):
         compiled = max(ratio(r[2], r, k) for r in rows)
         fault = min(ratio(r[4], r, k) for r in rows)
         print(f"k = {k}: worst clean ratio {compiled:.2f} (margin {1 / compiled:.1f}), weakest fault {fault:.2f}")
-    print(tabulate([layer_row(model) for model in args.models.split(",")], tablefmt="github", headers=[
-        "model", "clean: worst isolated part", "clean: worst propagated part", "fault in layer 1's MLP: bisected to"]))
+    seeds = [int(s) for s in args.inputs.split(",")]
+    print(tabulate([layer_row(model, seeds) for model in args.models.split(",")], tablefmt="github", headers=[
+        "model", "clean: worst isolated part", "clean: worst propagated part",
+        "fault in layer 1's MLP (default input): bisected to"]))
 
 
-def layer_row(model: str) -> list:
+def layer_row(model: str, seeds: list[int]) -> list:
     from harness.checks import bisect, layers
     from harness.reference.families import sub_blocks
     from harness.run.case import Case
     from harness.run.config import RunConfig
     from harness.transforms.faults import code_fault
 
-    clean = Case(RunConfig(model, "w8a8_int8")).run(layers.compare)["parts"]
-    worst = {mode: max((p for p in clean if p["mode"] == mode), key=lambda p: p["ratio"]) for mode in
-             ("isolated", "propagated")}
     case = Case(RunConfig(model, "w8a8_int8"))
+    seq_len = case.inputs.tokens.shape[1]
+    worst = {"isolated": (0.0, ""), "propagated": (0.0, "")}
+    for seed in seeds:
+        for p in case.run(layers.compare, inputs=seeded_inputs(case, seq_len, seed))["parts"]:
+            worst[p["mode"]] = max(worst[p["mode"]], (p["ratio"], f"{p['part']}, input {seed}"))
     sub_block = "mlp" if "mlp" in sub_blocks(case.weights.config) else "down_proj"
     try:
         rec = Case(RunConfig(model, "w8a8_int8"), fault=code_fault(1, sub_block)).run(bisect.bisect)
@@ -113,7 +114,7 @@ def layer_row(model: str) -> list:
                  "nothing")
     except Exception as e:  # a compile failure of the faulted program
         found = f"{type(e).__name__}: {str(e).splitlines()[0][:60]}"
-    return [model, *(f"{w['part']} {w['ratio']:.2f}" for w in worst.values()), found]
+    return [model, *(f"{ratio:.2f} ({where})" for ratio, where in worst.values()), found]
 
 
 if __name__ == "__main__":

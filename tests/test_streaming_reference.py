@@ -53,7 +53,8 @@ def test_w8a8_parts_are_the_resident_models():
     """A W8A8 judgement puts noise into the quantizers of the model it runs (transforms/w8a8.py): its parts are the
     resident models', not parts built apart."""
     weights = resolve("toy-gqa").load_weights()
-    reference = Reference("toy-gqa", weights, "w8a8_int8", calibration_batches=lambda: [torch.zeros(1, 8, dtype=torch.int64)])
+    batches = [torch.zeros(1, 8, dtype=torch.int64)]
+    reference = Reference("toy-gqa", weights, "w8a8_int8", calibration_batches=lambda: batches)
     assert reference.parts("eager").model is reference.eager.model
     assert reference.parts("oracle").model is reference.oracle.model
 
@@ -98,7 +99,8 @@ def test_auto_streams_a_reference_that_would_not_fit_the_machine(monkeypatch):
     need = resident_bytes(weights.config)
     w8a8_refused = r"--dtype w8a8_int8: W8A8 calibration and judgement run whole models \(quantized and not"
     monkeypatch.setattr(eager, "machine_bytes", lambda: 5 * need)
-    fits = Reference("toy-gqa", weights, "w8a8_int8", calibration_batches=lambda: [torch.zeros(1, 8, dtype=torch.int64)])
+    batches = [torch.zeros(1, 8, dtype=torch.int64)]
+    fits = Reference("toy-gqa", weights, "w8a8_int8", calibration_batches=lambda: batches)
     assert fits.eager  # four whole models: twice the resident reference
     monkeypatch.setattr(eager, "machine_bytes", lambda: 3 * need)
     assert not Reference("toy-gqa", weights, "fp32").streaming

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from harness.checks import SERVING_CHECKS, bisect, end_to_end, layers
+from harness.common.errors import StageFailure
 from harness.numerics.tolerance import rounding_budget
 from harness.reference.llama.config import TOY_GQA, TOY_TP8
 from harness.reference.llama.model import Llama
 from harness.run.case import Case
-from harness.run.config import RunConfig
+from harness.run.config import RunConfig, Target
 from harness.transforms import w8a8
 from harness.transforms.faults import code_fault
 from harness.transforms.quantize import FP8, layout
@@ -168,15 +169,28 @@ def test_serving_checks_are_recorded_skips():
         case.policy.judge(x, x, x)
 
 
-@pytest.mark.parametrize("model, sub_block", [("toy-tp8", "down_proj"), ("hf-qwen2", "mlp")])
-def test_layer_check_passes_the_program_and_bisects_truncated_codes(model, sub_block):
+# iree-compile 3.9 with data tiling crashes (exit 245) on the W8A8 layers program at TP 2
+# (test_iree_compiles_the_sharded_w8a8_layers_program).
+NO_DATA_TILING = Target(extra_flags=("--iree-opt-data-tiling=false",))
+
+
+@pytest.mark.parametrize("model, sub_block, tp", [("toy-tp8", "down_proj", 1), ("hf-qwen2", "mlp", 1),
+                                                  ("toy-tp8", "down_proj", 2)])
+def test_layer_check_passes_the_program_and_bisects_truncated_codes(model, sub_block, tp):
     """Part by part, each part's budget is eager's under noise at its quantizers plus the part's fp32 rounding
     budget: the clean program passes every part in both modes, and one projection truncating its codes in the
-    compiled layer 1 is pinned on its sub-block, far over budget (toy 9.2x, qwen2 3.8x; end to end the same
-    fault in the toy is 1.9x)."""
-    clean = Case(RunConfig(model, "w8a8_int8")).run(layers.compare)
+    compiled layer 1 (at TP 2, in both devices' slices) is pinned on its sub-block, far over budget (toy 9.2x,
+    qwen2 3.8x; end to end the same fault in the toy is 1.9x)."""
+    config = RunConfig(model, "w8a8_int8", tp=tp, target=NO_DATA_TILING if tp > 1 else Target())
+    clean = Case(config).run(layers.compare)
     assert clean["passed"], [p["reason"] for p in clean["parts"] if not p["passed"]]
     assert {p["mode"] for p in clean["parts"]} == {"isolated", "propagated"}
-    rec = Case(RunConfig(model, "w8a8_int8"), fault=code_fault(1, sub_block)).run(bisect.bisect)
+    rec = Case(config, fault=code_fault(1, sub_block)).run(bisect.bisect)
     assert (rec["layer"], rec["sub_block"]) == ("layer_1", sub_block), bisect.format_bisect(rec)
     assert rec["layer_row"]["ratio"] > 2, bisect.format_bisect(rec)
+
+
+@pytest.mark.xfail(strict=True, raises=StageFailure, reason="iree-compile 3.9 llvm-cpu with data tiling crashes "
+                   "(exit 245) on the W8A8 layers program at TP 2; it compiles without data tiling, and at TP 1")
+def test_iree_compiles_the_sharded_w8a8_layers_program():
+    Case(RunConfig("toy-tp8", "w8a8_int8", tp=2)).candidate.layers(64)

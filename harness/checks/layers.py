@@ -54,40 +54,52 @@ class LayerCheck:
         if policy.noisy_reference:  # W8A8: the same parts unquantized, fp32 and fp64, for the rounding budgets
             self.fp32, self.fp64 = reference.fp32.parts(), reference.fp32_oracle.parts()
 
-    def _judge(self, result, eager, oracle, isolated: bool = True, part=None, h=None) -> Verdict:
-        """`part(parts, h)`: the part's output computed by `parts` on its input `h` (None for the embedding, which
-        takes the tokens), which a W8A8 judgement runs again under noise, and unquantized in fp32 and fp64."""
-        if not self.policy.noisy_reference:
-            return self.policy.judge(result, eager, oracle, isolated=isolated)
-        noisy = w8a8.noisy_reference(self.eager.model, lambda: part(self.eager, h), eager)
-        rounding = rounding_budget(part(self.fp32, h), part(self.fp64, None if h is None else h.double()))
-        return self.policy.judge(result, noisy, eager, "noisy eager", oracle_name="eager", rounding=rounding)
+    def _judge(self, result, eager, oracle, isolated: bool = True) -> Verdict:
+        return self.policy.judge(result, eager, oracle, isolated=isolated)
+
+    def _judge_w8a8(self, results: dict, exact: dict, outputs) -> dict[str, Verdict]:
+        """W8A8 (transforms/w8a8.py): each of `results` against eager's (`exact`), within eager's own distance under
+        noise at its quantizers (the farthest of the seeds) plus the fp32 rounding budget of the same output
+        unquantized. `outputs(parts)`: the outputs (keyed as `results`) that `parts` compute from the same input."""
+        noisy = w8a8.noisy_runs(self.eager.model, lambda: outputs(self.eager))
+        fp32, fp64 = outputs(self.fp32), outputs(self.fp64)  # fp64 parts cast their input
+        return {k: self.policy.judge(results[k], w8a8.farthest([run[k] for run in noisy], exact[k]), exact[k],
+                                     "noisy eager", oracle_name="eager", rounding=rounding_budget(fp32[k], fp64[k]))
+                for k in results}
+
+    def _part(self, i: int):
+        """Part i (-1: embedding, n_layers: head): its name, eager input (None: the tokens), eager output, and
+        `run(parts, h)` -> (output, sub-block outputs)."""
+        if i < 0:
+            return "embed", None, self.chain[0], lambda parts, _: (parts.embed(self.tokens), {})
+        if i == self.n_layers:
+            return "head", self.chain[-1], self.eager_logits, lambda parts, h: (parts.head(h), {})
+        return f"layer_{i}", self.chain[i], self.chain[i + 1], lambda parts, h: parts.layer(i, h)
 
     def isolated(self, i: int) -> Part:
         """Layer i (-1: embedding, n_layers: head) on the eager input."""
-        if i < 0:
-            return Part("embed", "isolated", self._judge(self.compiled.embed(self.tokens), self.chain[0],
-                                                         self.oracle.embed(self.tokens),
-                                                         part=lambda parts, _: parts.embed(self.tokens)))
-        if i == self.n_layers:
-            h = self.chain[-1]
-            return Part("head", "isolated", self._judge(self.compiled.head(h), self.eager_logits,
-                                                        self.oracle.head(h.double()),
-                                                        part=lambda parts, x: parts.head(x), h=h))
-        h = self.chain[i]
-        (c, c_taps), (o, o_taps) = self.compiled.layer(i, h), self.oracle.layer(i, h.double())
-        verdict = self._judge(c, self.chain[i + 1], o, part=lambda parts, x: parts.layer(i, x)[0], h=h)
-        if self.policy.structured:  # every sub-block's output too, where the error lives (Policy.structured)
-            e_taps = self.eager.layer(i, h)[1]
-            for name in self.sub_block_names:
-                tap = self.policy.judge_structured(c_taps[name], e_taps[name], o_taps[name])
+        name, h, exact, run = self._part(i)
+        c, c_taps = run(self.compiled, h)
+        if self.policy.noisy_reference:
+            verdict = self._judge_w8a8({name: c}, {name: exact}, lambda parts: {name: run(parts, h)[0]})[name]
+            return Part(name, "isolated", verdict)
+        o, o_taps = run(self.oracle, None if h is None else h.double())
+        verdict = self._judge(c, exact, o)
+        if self.policy.structured and c_taps:  # every sub-block's output too, where the error lives
+            e_taps = run(self.eager, h)[1]
+            for sub in self.sub_block_names:
+                tap = self.policy.judge_structured(c_taps[sub], e_taps[sub], o_taps[sub])
                 if tap.ratio > verdict.ratio:
-                    verdict = dataclasses.replace(tap, sub_block=name, reason=f"{name}: {tap.reason}")
-        return Part(f"layer_{i}", "isolated", verdict)
+                    verdict = dataclasses.replace(tap, sub_block=sub, reason=f"{sub}: {tap.reason}")
+        return Part(name, "isolated", verdict)
 
     def propagated(self) -> list[Part]:
-        if self.policy.noisy_reference:
-            return self._propagated_w8a8()
+        if self.policy.noisy_reference:  # the compiled chain against eager's, within eager chains under noise
+            names = ["embed", *(f"layer_{i}" for i in range(self.n_layers)), "head"]
+            verdicts = self._judge_w8a8(dict(zip(names, self._chain(self.compiled))),
+                                        dict(zip(names, self.chain + [self.eager_logits])),
+                                        lambda parts: dict(zip(names, self._chain(parts))))
+            return [Part(name, "propagated", verdicts[name]) for name in names]
         c, o = self.compiled.embed(self.tokens), self.oracle.embed(self.tokens)
         parts = [Part("embed", "propagated", self._judge(c, self.chain[0], o, isolated=False))]
         for i in range(self.n_layers):
@@ -97,36 +109,23 @@ class LayerCheck:
                                                             self.oracle.head(o), isolated=False)))
         return parts
 
-    @staticmethod
-    def _chain(parts, tokens) -> list:
-        """`parts`' outputs from the tokens on: embedding, every layer, head."""
-        outs = [parts.embed(tokens)]
+    def _chain(self, parts) -> list:
+        """`parts`' outputs from the tokens on, each part on the previous one's output: embedding, layers, head."""
+        outs = [parts.embed(self.tokens)]
         for i in range(parts.n_layers):
             outs.append(parts.layer(i, outs[-1])[0])
         return outs + [parts.head(outs[-1])]
 
-    def _propagated_w8a8(self) -> list[Part]:
-        """The compiled chain against the eager chain, each part's budget from eager chains under noise at the
-        quantizers (the farthest of their seeds at that part) and the unquantized fp32 chain's rounding."""
-        exact = self.chain + [self.eager_logits]
-        noisy = []
-        for seed in range(w8a8.NOISE_SEEDS):
-            with w8a8.activation_noise(self.eager.model, seed=seed):
-                noisy.append(self._chain(self.eager, self.tokens))
-        fp32, fp64 = self._chain(self.fp32, self.tokens), self._chain(self.fp64, self.tokens)
-        compiled = self._chain(self.compiled, self.tokens)
-        names = ["embed", *(f"layer_{i}" for i in range(self.n_layers)), "head"]
-        return [Part(name, "propagated", self.policy.judge(
-            compiled[k], w8a8.farthest([run[k] for run in noisy], exact[k]), exact[k], "noisy eager",
-            oracle_name="eager", rounding=rounding_budget(fp32[k], fp64[k]))) for k, name in enumerate(names)]
-
     def sub_blocks(self, i: int) -> list[Part]:
         """Every sub-block of layer i on the eager input, in dataflow order."""
         h = self.chain[i]
-        c_taps, e_taps, o_taps = (self.compiled.layer(i, h)[1], self.eager.layer(i, h)[1],
-                                  self.oracle.layer(i, h.double())[1])
-        return [Part(name, "isolated", self._judge(c_taps[name], e_taps[name], o_taps[name],
-                                                   part=lambda parts, x, n=name: parts.layer(i, x)[1][n], h=h))
+        c_taps, e_taps = self.compiled.layer(i, h)[1], self.eager.layer(i, h)[1]
+        if self.policy.noisy_reference:
+            verdicts = self._judge_w8a8({n: c_taps[n] for n in self.sub_block_names}, e_taps,
+                                        lambda parts: parts.layer(i, h)[1])
+            return [Part(name, "isolated", verdicts[name]) for name in self.sub_block_names]
+        o_taps = self.oracle.layer(i, h.double())[1]
+        return [Part(name, "isolated", self._judge(c_taps[name], e_taps[name], o_taps[name]))
                 for name in self.sub_block_names]
 
     @property

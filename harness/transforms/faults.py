@@ -12,7 +12,7 @@ from torch import nn
 from harness.reference.hfauto.model import HFModel
 from harness.reference.llama.model import Llama
 from harness.reference.llama.paged import DEFECTS
-from harness.transforms.w8a8 import W8A8Linear, truncate_codes
+from harness.transforms.w8a8 import W8A8Linear
 
 # Which parameter of a decoder layer feeds each sub-block that has one.
 SUB_BLOCK_PARAMS = {
@@ -95,7 +95,7 @@ def plant_fault(model: Llama, fault: Fault | None) -> Llama:
     elif fault.kind == "paged":
         model.paged_defects = {fault.layer: fault.sub_block}
     elif fault.kind == "codes":
-        truncate_codes(fault_projection(model, fault))
+        fault_projection(model, fault).truncate = True  # kept by the projection's slices at TP N
     elif not isinstance(model, Llama):
         raise ValueError(f"an op fault swaps the llama family's SwiGLU activation: {type(model).__name__} has none")
     else:  # SwiGLU computed with GELU instead of SiLU (every expert's, in a mixture of experts)
