@@ -39,6 +39,7 @@ def test_decode_only_defect_is_localised_to_step_layer_and_sub_block(defect, tmp
     assert "step 0 (position 24), layer_1, sub-block attention; reproducer: " in serving.format_bisect_decode(rec)
 
 
+@pytest.mark.nightly  # a reproducer of a known IREE defect (13 s)
 @pytest.mark.xfail(strict=True, reason=KNOWN)
 def test_with_data_tiling_the_one_layer_decode_program_localises_too(tmp_path):
     rec = bisect("stale_read", tmp_path, Target(extra_flags=("--iree-opt-data-tiling",)))

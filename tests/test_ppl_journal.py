@@ -80,6 +80,7 @@ def test_shards_merge_into_exactly_one_run(short_text, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.nightly  # 39 s: three SmolLM2 perplexity processes; the journal's merge of shards runs in the default tier
 def test_a_killed_run_resumes_to_the_same_statistics(short_text, tmp_path):
     command = [sys.executable, "-m", "harness", "perplexity", "--model", "smollm2-135m", "--dtype", "fp32",
                "--windows", "12", "--ppl-n-ctx", "128", "--dataset", str(short_text), "--report-dir", str(tmp_path),
