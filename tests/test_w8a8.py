@@ -11,7 +11,6 @@ import torch
 
 from harness.checks import SERVING_CHECKS, bisect, end_to_end, layers
 from harness.common.errors import StageFailure
-from harness.numerics.tolerance import rounding_budget
 from harness.reference.llama.config import TOY_GQA, TOY_TP8
 from harness.reference.llama.model import Llama
 from harness.run.case import Case
@@ -144,11 +143,11 @@ def test_noisy_eager_budget_passes_the_program_and_catches_a_wrong_rounding(mode
     assert rec["verdict"]["passed"] and "fp32 rounding budget" in rec["verdict"]["reason"], rec["verdict"]["reason"]
     reference, tokens = p.reference, p.inputs.tokens
     eager = reference.eager.logits(tokens)
-    noisy = w8a8.noisy_reference(reference.eager.model, lambda: reference.eager.logits(tokens), eager)
-    rounding = rounding_budget(reference.fp32.logits(tokens), reference.fp32_oracle.logits(tokens))
+    noisy = w8a8.noisy_runs(reference.eager.model, lambda: reference.eager.logits(tokens))
+    fp32, fp64 = reference.fp32.logits(tokens), reference.fp32_oracle.logits(tokens)
 
     def verdict(result):
-        return p.policy.judge(result, noisy, eager, "noisy eager", oracle_name="eager", rounding=rounding)
+        return p.policy.judge_noisy(result, eager, noisy, fp32, fp64)
 
     with w8a8.activation_noise(reference.eager.model, 2.0 ** -22, seed=5):  # a few ulp
         assert verdict(reference.eager.logits(tokens)).passed
@@ -159,13 +158,13 @@ def test_noisy_eager_budget_passes_the_program_and_catches_a_wrong_rounding(mode
 
 def test_serving_checks_are_recorded_skips():
     """W8A8 is judged against a noisy eager with its fp32 rounding budget, end to end and part by part; the serving
-    checks, which judge each call without it, are skips naming why, and a judgement without the budget is refused."""
+    checks, which judge each call without it, are skips naming why, and the plain judgement is refused."""
     case = Case(RunConfig("toy-tp8", "w8a8_int8"))
     for check in SERVING_CHECKS:
         assert "a judgement per serving call is not built" in case.unsupported(check), check
     assert case.unsupported("layers") is None and case.unsupported("end_to_end") is None
     x = torch.zeros(4)
-    with pytest.raises(ValueError, match="takes its fp32 rounding budget"):
+    with pytest.raises(ValueError, match=r"judged against a noisy eager \(Policy.judge_noisy\)"):
         case.policy.judge(x, x, x)
 
 

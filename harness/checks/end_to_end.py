@@ -12,7 +12,7 @@ import time
 from harness.candidates import Candidate, Forward
 from harness.checks import Inputs
 from harness.numerics import metrics
-from harness.numerics.tolerance import Policy, rounding_budget
+from harness.numerics.tolerance import Policy
 from harness.reference.eager import Reference
 from harness.transforms import w8a8
 
@@ -47,9 +47,8 @@ def check(candidate: Candidate, reference: Reference, inputs: Inputs, policy: Po
             baseline_verdict = policy.judge(compiled, base, oracle, "compiled TP 1")
     with candidate.stages.timed("numerics") as st:
         if policy.noisy_reference:
-            noisy = w8a8.noisy_reference(reference.eager.model, lambda: reference.eager.logits(tokens), eager)
-            rounding = rounding_budget(fp32, reference.fp32_oracle.logits(tokens))
-            verdict = policy.judge(compiled, noisy, eager, "noisy eager", oracle_name="eager", rounding=rounding)
+            noisy = w8a8.noisy_runs(reference.eager.model, lambda: reference.eager.logits(tokens))
+            verdict = policy.judge_noisy(compiled, eager, noisy, fp32, reference.fp32_oracle.logits(tokens))
         else:
             verdict = policy.judge(compiled, eager, oracle)
         failed = [v.reason for v in (verdict, baseline_verdict) if v and not v.passed]

@@ -18,7 +18,7 @@ import time
 
 from harness.candidates import Candidate, Layers
 from harness.checks import Inputs
-from harness.numerics.tolerance import Policy, Verdict, rounding_budget
+from harness.numerics.tolerance import Policy, Verdict
 from harness.reference.eager import Reference
 from harness.reference.families import sub_blocks
 from harness.transforms import w8a8
@@ -63,8 +63,7 @@ class LayerCheck:
         unquantized. `outputs(parts)`: the outputs (keyed as `results`) that `parts` compute from the same input."""
         noisy = w8a8.noisy_runs(self.eager.model, lambda: outputs(self.eager))
         fp32, fp64 = outputs(self.fp32), outputs(self.fp64)  # fp64 parts cast their input
-        return {k: self.policy.judge(results[k], w8a8.farthest([run[k] for run in noisy], exact[k]), exact[k],
-                                     "noisy eager", oracle_name="eager", rounding=rounding_budget(fp32[k], fp64[k]))
+        return {k: self.policy.judge_noisy(results[k], exact[k], [run[k] for run in noisy], fp32[k], fp64[k])
                 for k in results}
 
     def _part(self, i: int):

@@ -229,18 +229,22 @@ class Policy:
         return perplexity_budget(self.dtype)
 
     def judge(self, result: torch.Tensor, eager: torch.Tensor, oracle: torch.Tensor,
-              reference: str = "eager", oracle_name: str = "fp64 oracle", isolated: bool = False,
-              rounding: float | None = None) -> Verdict:
+              reference: str = "eager", oracle_name: str = "fp64 oracle", isolated: bool = False) -> Verdict:
         """`isolated`: the result and eager ran on the same input (a part of the layer check's isolated mode),
-        so the structured measures judge too (`measures`). `rounding`: a W8A8 budget's fp32 share
-        (`rounding_budget`), in place of its ulp floor."""
+        so the structured measures judge too (`measures`)."""
         if self.noisy_reference:
-            if rounding is None:
-                raise ValueError(f"{self.dtype}: a judgement against a noisy eager takes its fp32 rounding budget")
-            return judge(result, eager, oracle, self.torch_dtype, reference, oracle_name, multiple=1.0,
-                         measures=("rmse",), floor=rounding)
+            raise ValueError(f"{self.dtype} is judged against a noisy eager (Policy.judge_noisy)")
         return judge(result, eager, oracle, self.torch_dtype, reference, oracle_name,
                      measures=measures(self.torch_dtype, isolated))
+
+    def judge_noisy(self, result: torch.Tensor, eager: torch.Tensor, noisy: list[torch.Tensor],
+                    fp32: torch.Tensor, fp64: torch.Tensor) -> Verdict:
+        """W8A8: `result` against `eager`, within the farthest (RMSE) of `noisy`, eager's own runs under noise at
+        its quantizers (one may by chance flip no code), plus the fp32 rounding budget of the same output computed
+        unquantized in `fp32` and `fp64` (`rounding_budget`)."""
+        farthest = max(noisy, key=lambda run: metrics.rmse(run, eager))
+        return judge(result, farthest, eager, self.torch_dtype, "noisy eager", "eager", multiple=1.0,
+                     measures=("rmse",), floor=rounding_budget(fp32, fp64))
 
     @property
     def structured(self) -> tuple[str, ...]:
